@@ -1,0 +1,36 @@
+# make demo  — set up .venv and convert a small synthetic archive (local files)
+# make test  — set up .venv and run the test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+DEMO   ?= demo-output
+PYTEST_ARGS ?=
+
+.PHONY: setup demo demo-s3 test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	rm -rf $(DEMO)
+	$(BIN)/s2cube synth $(DEMO)/archive --roi ROIs1868_73 --roi ROIs2017_8 --grid 3x3 --patch-size 128 --seed 0
+	$(BIN)/s2cube convert $(DEMO)/archive $(DEMO)/cube.zarr
+	$(BIN)/s2cube validate $(DEMO)/archive $(DEMO)/cube.zarr
+	$(BIN)/s2cube info $(DEMO)/cube.zarr
+
+test: setup
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

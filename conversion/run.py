@@ -1,0 +1,229 @@
+"""Run a conversion on dask.distributed: discover → plan → begin → one task per patch → finalize.
+
+Resumable by construction (see :mod:`s2cube_conversion.write`): running the same command
+again after a crash or a kill skips every patch whose journal record exists and ends
+with a cube identical to an uninterrupted run. Incremental: converting one region now and
+the rest later grows the same cube.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from s2cube import __version__, schema
+from s2cube.errors import ConversionError
+from s2cube.storage import Location, parse_location, redact
+from s2cube_conversion.discover import Problem, discover
+from s2cube_conversion.patch import Job, convert_patch
+from s2cube_conversion.plan import PatchTask, plan
+from s2cube_conversion.write import GridRecord, begin, check_target, finalize, read_records
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which part of the archive to convert."""
+
+    split: str | None = None
+    region: str | None = None
+    rois: tuple[str, ...] = ()
+
+    def roi_names(self) -> list[str] | None:
+        if not (self.split or self.region or self.rois):
+            return None
+        return [r.name for r in schema.select_rois(self.split, self.region, list(self.rois) or None)]
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion did: counts, problems (every one), skipped files, time."""
+
+    cube: str
+    patches: int
+    converted: int
+    resumed: int
+    seconds: float
+    problems: dict[str, str] = field(default_factory=dict)
+    skipped_files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def convert(
+    source: str | os.PathLike,
+    cube: str | os.PathLike,
+    *,
+    selection: Selection | None = None,
+    s1: bool = True,
+    clouds: bool = True,
+    cloud_method: str = "fast",
+    s1_dtype: str = "auto",
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    storage_options: dict | None = None,
+    source_storage_options: dict | None = None,
+    progress: Progress | None = None,
+    client=None,
+) -> ConvertReport:
+    """Convert the archive at ``source`` (or the selected part) into the cube at ``cube``.
+
+    Parameters
+    ----------
+    source, cube
+        Local paths or fsspec URLs (``s3://bucket/prefix``).
+    selection
+        Split, region and/or ROI names to convert; everything when ``None``.
+    s1, clouds
+        Convert Sentinel-1 too; run cloud detection (``clouds=False`` is for benchmarks).
+    s1_dtype
+        ``"float32"``, ``"float64"``, or ``"auto"``: float32 when sampled S1 files round-trip
+        through it exactly (a new cube only; an existing cube keeps its dtype).
+    scheduler, n_workers, threads_per_worker, client
+        An existing dask scheduler address or client; otherwise a ``LocalCluster`` with
+        ``n_workers`` (default: all cores) single-threaded worker processes.
+    progress
+        Called as ``progress(done, total)`` after each patch location.
+    """
+    started = time.perf_counter()
+    src = parse_location(source, source_storage_options or storage_options)
+    dst = parse_location(cube, storage_options)
+    check_target(dst)  # fail fast, before reading any header
+    inventory = discover(src, rois=(selection or Selection()).roi_names(), s1=s1)
+    the_plan = plan(inventory, src)
+    detector = _detector(clouds, cloud_method, threads_per_worker)
+    attrs = _attrs(inventory, selection, s1, detector)
+    grids = [GridRecord(g.roi, g.epsg, g.crs_wkt, g.transform, g.n_rows, g.n_cols)
+             for g in the_plan.grids.values()]
+    if s1_dtype not in ("auto", "float32", "float64"):
+        raise ValueError(f"s1_dtype {s1_dtype!r} is not one of auto, float32, float64")
+    if s1_dtype == "auto":
+        s1_dtype = choose_s1_dtype(src, the_plan) if s1 else "float32"
+    layout, s1_dtype = begin(dst, grids, the_plan.patch_size, attrs, s1_dtype=s1_dtype)
+    done = read_records(dst)
+    todo = [t for t in the_plan.tasks if not _is_done(done.get(f"{t.roi}/{t.row}_{t.col}"), s1)]
+    logger.info("%d patch locations, %d already converted, %d to do",
+                len(the_plan.tasks), len(the_plan.tasks) - len(todo), len(todo))
+    job = Job(uuid.uuid4().hex, src, dst, dict(the_plan.grids),
+              {g.roi: i for i, g in enumerate(layout)}, s1, detector, s1_dtype)
+    if todo:
+        with _client(client, scheduler, n_workers, threads_per_worker) as c:
+            _run_tasks(c, job, todo, progress, storage_options)
+    missing = set(t.key for t in todo) - set(read_records(dst))
+    if missing:
+        raise ConversionError(f"{len(missing)} patch location(s) finished without a journal record "
+                              f"(e.g. {sorted(missing)[0]}); run the same command again to redo them")
+    problems = finalize(dst, layout, the_plan.patch_size, attrs)
+    problems.update({p.path: p.message for p in inventory.problems})
+    return ConvertReport(dst.url, len(the_plan.tasks), len(todo), len(the_plan.tasks) - len(todo),
+                         time.perf_counter() - started, dict(sorted(problems.items())),
+                         list(inventory.skipped))
+
+
+def choose_s1_dtype(src: Location, the_plan, n: int = 8) -> str:
+    """float32 when S1 files sampled across the plan round-trip through it exactly."""
+    import numpy as np
+
+    from s2cube_conversion.read import read_patch
+
+    tasks = the_plan.tasks[:: max(1, len(the_plan.tasks) // n)][:n]
+    for task in tasks:
+        grid = the_plan.grids[task.roi]
+        for path in [p for p in task.s1 if p][:1]:
+            arr = read_patch(src, path, "s1", grid.patch_georef(task.row, task.col))
+            if isinstance(arr, np.ndarray) and not np.array_equal(
+                    arr.astype(np.float32).astype(np.float64), arr, equal_nan=True):
+                logger.info("%s does not round-trip through float32: storing S1 as float64", path)
+                return "float64"
+    return "float32"
+
+
+def _is_done(record, s1: bool) -> bool:
+    return record is not None and not record.problems and (record.s1_converted or not s1)
+
+
+def _detector(clouds: bool, method: str, threads: int):
+    if not clouds:
+        return None
+    from s2cube_conversion.clouds import CloudDetector
+
+    return CloudDetector(method=method, threads=threads)
+
+
+def _attrs(inventory, selection: Selection | None, s1: bool, detector) -> dict:
+    sel = selection or Selection()
+    return {
+        "title": schema.TITLE,
+        "references": schema.REFERENCES,
+        "s2cube_version": __version__,
+        "schema_version": schema.SCHEMA_VERSION,
+        "created": schema.utc_now(),
+        "source": inventory.fingerprint(),
+        "cloud_detection": detector.describe() if detector is not None else {"method": "none"},
+        "conversion": {"split": sel.split, "region": sel.region, "rois": list(sel.rois),
+                       "s1": s1},
+        "Conventions": "CF-1.10",
+    }
+
+
+@contextlib.contextmanager
+def _client(client, scheduler, n_workers, threads_per_worker) -> Iterator:
+    if client is not None:
+        yield client
+        return
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as c:
+            yield c
+        return
+    n = n_workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster) as c:
+        yield c
+
+
+def _run_tasks(client, job: Job, todo: list[PatchTask], progress, storage_options) -> None:
+    """Submit one task per patch location, a bounded number in flight, and wait for all."""
+    from dask.distributed import as_completed
+
+    job_future = client.scatter(job, broadcast=True, hash=False)
+    n_slots = max(4, 2 * sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
+    pending = iter(todo)
+    failures: list[Problem] = []
+
+    def submit(task: PatchTask):
+        return client.submit(convert_patch, job_future, task, key=f"patch-{job.run_id}-{task.key}",
+                             retries=2, pure=False)
+
+    futures = as_completed([submit(t) for t in itertools.islice(pending, n_slots)],
+                           with_results=False)
+    done = 0
+    for fut in futures:
+        done += 1
+        if fut.status == "error":
+            exc = fut.exception()
+            failures.append(Problem(fut.key, redact(f"{type(exc).__name__}: {exc}", storage_options)))
+        fut.release()
+        nxt = next(pending, None)
+        if nxt is not None:
+            futures.add(submit(nxt))
+        if progress is not None:
+            progress(done, len(todo))
+    if failures:
+        raise ConversionError(
+            f"{len(failures)} patch location(s) failed; the cube is left incomplete and "
+            "resumable: fix the cause and run the same command again:\n"
+            + "\n".join(f"  - {f.message}" for f in failures[:50]))

@@ -1,0 +1,123 @@
+"""Check every source file against the cube: S2 bit-exact, S1 value-exact (NaN too), dates, ids.
+
+Runs one task per patch location on dask, like the conversion, and lists every
+difference (the CLI exits non-zero when there is any).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from s2cube.storage import Location, parse_location, zarr_store
+from s2cube_conversion.discover import Problem, discover
+from s2cube_conversion.plan import PatchTask, RoiGrid, plan
+from s2cube_conversion.read import read_patch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Files checked and every difference found."""
+
+    files: int
+    differences: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+@dataclass(frozen=True)
+class _Check:
+    source: Location
+    cube: Location
+    grids: dict[str, RoiGrid]
+
+
+def validate(
+    source: str | os.PathLike,
+    cube: str | os.PathLike,
+    *,
+    rois: list[str] | None = None,
+    storage_options: dict | None = None,
+    source_storage_options: dict | None = None,
+    client=None,
+    progress=None,
+) -> ValidationReport:
+    """Compare every GeoTIFF under ``source`` (or of ``rois``) with the cube at ``cube``."""
+    src = parse_location(source, source_storage_options or storage_options)
+    dst = parse_location(cube, storage_options)
+    inventory = discover(src, rois=rois)
+    the_plan = plan(inventory, src)
+    check = _Check(src, dst, dict(the_plan.grids))
+    tasks = list(the_plan.tasks)
+    if client is None:
+        results = []
+        for i, t in enumerate(tasks):
+            results.append(_check_patch(check, t))
+            if progress:
+                progress(i + 1, len(tasks))
+    else:
+        futures = client.map(_check_patch, [check] * len(tasks), tasks, pure=False)
+        results = client.gather(futures)
+    diffs = [d for r in results for d in r]
+    files = sum(sum(p is not None for p in t.s2 + t.s1) for t in tasks)
+    return ValidationReport(files, tuple(diffs))
+
+
+@lru_cache(maxsize=2)
+def _open(cube: Location):
+    import xarray as xr
+
+    return xr.open_zarr(zarr_store(cube, read_only=True), consolidated=True, chunks=None)
+
+
+def _check_patch(check: _Check, task: PatchTask) -> list[Problem]:
+    ds = _open(check.cube)
+    grid = check.grids[task.roi]
+    rois = list(ds["roi"].values)
+    if task.roi not in rois:
+        return [Problem(f, f"{task.roi} is not in the cube; convert it") for f in task.s2 if f]
+    i, p = rois.index(task.roi), grid.patch_size
+    where = {"roi": i, "row": task.row, "col": task.col}
+    cell = ds.isel(where)
+    out: list[Problem] = []
+    if int(cell["patch_id"]) != task.pid:
+        out.append(Problem(f"{task.roi}/patch_{task.pid}", f"patch id in the cube at row "
+                           f"{task.row}, col {task.col} is {int(cell['patch_id'])}, not {task.pid}"))
+        return out
+    ys, xs = slice(task.row * p, (task.row + 1) * p), slice(task.col * p, (task.col + 1) * p)
+    expected = grid.patch_georef(task.row, task.col)
+    for mod, paths, dates in (("s2", task.s2, task.s2_dates), ("s1", task.s1, task.s1_dates)):
+        stored = ds[mod].isel(roi=i, y=ys, x=xs)
+        valid = cell[f"valid_{mod}"].values
+        cube_dates = cell[f"{mod}_date"].values
+        for t, path in enumerate(paths):
+            if path is None:
+                continue
+            arr = read_patch(check.source, path, mod, expected)
+            if isinstance(arr, Problem):
+                if valid[t]:
+                    out.append(Problem(path, f"unreadable now but marked valid in the cube ({arr.message})"))
+                continue
+            if not valid[t]:
+                out.append(Problem(path, "the file reads, but the cube marks it missing "
+                                   f"(valid_{mod} false); convert again to fill the gap"))
+                continue
+            got = stored.isel(time=t).values
+            same = (np.array_equal(got, arr) if mod == "s2"
+                    else np.array_equal(got.astype(np.float64), arr, equal_nan=True))
+            if not same:
+                n = int((got != arr).sum()) if mod == "s2" else int(
+                    (~np.isclose(got, arr, rtol=0, atol=0, equal_nan=True)).sum())
+                out.append(Problem(path, f"{n} pixel value(s) differ from the cube"))
+            if np.datetime64(dates[t], "D") != cube_dates[t].astype("datetime64[D]"):
+                out.append(Problem(path, f"date in the cube is {cube_dates[t]}, the file name says "
+                                   f"{dates[t]}"))
+    return out

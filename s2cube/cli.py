@@ -1,0 +1,197 @@
+"""``s2cube`` command line: synth, convert, info, validate.
+
+The converter's stack (rasterio, s2cloudless) is imported inside the commands that need
+it, so ``s2cube info`` works where only the reader is installed. Progress bars live
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from s2cube.errors import S2CubeError
+
+
+def _options(pairs: tuple[str, ...]) -> dict | None:
+    """``--storage-option key=value`` pairs to a dict (values parsed as JSON when they can be)."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--storage-option")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out or None
+
+
+def _fail(exc: Exception, options: dict | None = None) -> None:
+    from s2cube.storage import redact
+
+    click.echo(f"error: {redact(str(exc), options)}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="s2cube")
+def main(verbose: int) -> None:
+    """s2cube: SEN12MS-CR-TS as one cloud-native Zarr v3 cube."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--roi", "rois", multiple=True, help="ROI to generate (repeatable), e.g. ROIs1868_73.")
+@click.option("--grid", default="3x3", show_default=True, help="Patch grid per ROI, ROWSxCOLS.")
+@click.option("--patch-size", default=256, show_default=True, type=int)
+@click.option("--slots", default=30, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--no-s1", is_flag=True, help="Write no Sentinel-1 files.")
+@click.option("--missing", default=0.0, type=float, show_default=True,
+              help="Files to leave out: a count, or a fraction below 1.")
+@click.option("--corrupt", default=0.0, type=float, show_default=True,
+              help="Files to damage: a count, or a fraction below 1.")
+@click.option("--junk", is_flag=True, help="Add .DS_Store, notes and checksum files.")
+def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrupt, junk) -> None:
+    """Write a synthetic archive that looks like SEN12MS-CR-TS into DIRECTORY."""
+    from s2cube_conversion.synth import synthesize_archive
+
+    try:
+        rows, cols = (int(v) for v in grid.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{grid!r} is not ROWSxCOLS, e.g. 3x3", param_hint="--grid") from None
+    kwargs = {"grid": (rows, cols), "patch_size": patch_size, "n_slots": slots, "seed": seed,
+              "s1": not no_s1, "missing": missing, "corrupt": corrupt, "junk": junk}
+    if rois:
+        kwargs["rois"] = tuple(rois)
+    try:
+        manifest = synthesize_archive(directory, **kwargs)
+    except (S2CubeError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        _fail(exc)
+    click.echo(f"wrote {len(manifest.files)} files ({manifest.bytes_written / 1e6:.1f} MB) for "
+               f"{len(manifest.rois)} ROIs into {directory}")
+
+
+@main.command()
+@click.argument("source")
+@click.argument("cube")
+@click.option("--split", type=click.Choice(["all", "train", "val", "test"]), help="Only this split.")
+@click.option("--region", type=click.Choice(["all", "africa", "america", "asiaEast", "asiaWest",
+                                             "europa"]), help="Only this region.")
+@click.option("--roi", "rois", multiple=True, help="Only this ROI (repeatable), e.g. ROIs1868_73.")
+@click.option("--no-s1", is_flag=True, help="Convert Sentinel-2 only.")
+@click.option("--scheduler", help="Address of an existing dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, help="Local workers (default: one per core).")
+@click.option("--threads-per-worker", default=1, show_default=True, type=int)
+@click.option("--cloud-method", default="fast", show_default=True,
+              type=click.Choice(["fast", "reference"]), help="Cloud detector implementation.")
+@click.option("--s1-dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "float64"]),
+              help="S1 storage dtype; auto keeps float32 only when it is exact.")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option for both URLs (repeatable); AWS_* env vars work too.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def convert(source, cube, split, region, rois, no_s1, scheduler, workers, threads_per_worker,
+            cloud_method, s1_dtype, storage, progress) -> None:
+    """Convert the GeoTIFF archive at SOURCE into the cube at CUBE (resumable, incremental)."""
+    from tqdm import tqdm
+
+    from s2cube_conversion import Selection
+    from s2cube_conversion import convert as run
+
+    options = _options(storage)
+    bar = tqdm(total=0, unit="patch", disable=not progress, dynamic_ncols=True)
+
+    def tick(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = run(source, cube, selection=Selection(split, region, tuple(rois)), s1=not no_s1,
+                     cloud_method=cloud_method, s1_dtype=s1_dtype, scheduler=scheduler, n_workers=workers,
+                     threads_per_worker=threads_per_worker, storage_options=options, progress=tick)
+    except S2CubeError as exc:
+        bar.close()
+        _fail(exc, options)
+    bar.close()
+    for path in report.skipped_files:
+        click.echo(f"notice: skipped {path} (not a .tif)", err=True)
+    click.echo(f"{report.cube}: {report.patches} patch locations, {report.converted} converted, "
+               f"{report.resumed} already there, {report.seconds:.1f} s")
+    if report.problems:
+        click.echo(f"{len(report.problems)} problem(s), recorded as gaps in the cube:", err=True)
+        for path, message in report.problems.items():
+            click.echo(f"  - {path}: {message}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("cube")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE")
+def info(cube, storage) -> None:
+    """What CUBE holds, per split and region, with sizes and cloudiness."""
+    import xarray as xr
+
+    from s2cube.storage import filesystem, parse_location, zarr_store
+    from s2cube.summary import summarize
+
+    options = _options(storage)
+    loc = parse_location(cube, options)
+    try:
+        ds = xr.open_zarr(zarr_store(loc, read_only=True), consolidated=None)
+        stored = int(filesystem(loc).du(loc.path))
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(S2CubeError(f"{cube} cannot be opened as a cube ({exc}); check the path"), options)
+    if "coverage" not in ds:
+        _fail(S2CubeError(f"{cube} is not a finished s2cube cube (no coverage variable); "
+                          "run the conversion again to finish it"), options)
+    s = summarize(ds, stored_bytes=stored)
+    click.echo(f"{loc.url}  state={s.state}  patch={s.patch_size}px  rois={ds.sizes['roi']}  "
+               f"stored={stored / 1e6:.1f} MB")
+    click.echo(s.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if s.problems:
+        click.echo(f"{len(s.problems)} problem(s) recorded at conversion:")
+        for p in s.problems:
+            click.echo(f"  - {p['path']}: {p['message']}")
+
+
+@main.command()
+@click.argument("source")
+@click.argument("cube")
+@click.option("--roi", "rois", multiple=True, help="Only this ROI (repeatable).")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE")
+def validate(source, cube, rois, storage) -> None:
+    """Compare every file of SOURCE with CUBE; exit 1 and list what differs."""
+    from tqdm import tqdm
+
+    from s2cube_conversion.validate import validate as run
+
+    options = _options(storage)
+    bar = tqdm(total=0, unit="patch", dynamic_ncols=True)
+
+    def tick(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        report = run(source, cube, rois=list(rois) or None, storage_options=options, progress=tick)
+    except S2CubeError as exc:
+        bar.close()
+        _fail(exc, options)
+    bar.close()
+    click.echo(f"{report.files} files checked, {len(report.differences)} difference(s)")
+    for d in report.differences:
+        click.echo(f"  - {d}")
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
