@@ -58,8 +58,15 @@ def main(verbose: int) -> None:
               help="Files to leave out: a count, or a fraction below 1.")
 @click.option("--corrupt", default=0.0, type=float, show_default=True,
               help="Files to damage: a count, or a fraction below 1.")
+@click.option("--holes", default=0, type=int, show_default=True,
+              help="Grid positions per ROI without any file (an irregular footprint).")
 @click.option("--junk", is_flag=True, help="Add .DS_Store, notes and checksum files.")
-def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrupt, junk) -> None:
+@click.option("--spectra", default="real", show_default=True, type=click.Choice(["real", "synthetic"]),
+              help="Build S2 from the real L1C pixels, or from a documented stand-in.")
+@click.option("--real-pixels", type=click.Path(dir_okay=False),
+              help="Path of reference_scenes.npy (default: $S2CUBE_REAL_PIXELS or ../shared/data).")
+def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrupt, holes, junk,
+          spectra, real_pixels) -> None:
     """Write a synthetic archive that looks like SEN12MS-CR-TS into DIRECTORY."""
     from s2cube_conversion.synth import synthesize_archive
 
@@ -68,7 +75,8 @@ def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrup
     except ValueError:
         raise click.BadParameter(f"{grid!r} is not ROWSxCOLS, e.g. 3x3", param_hint="--grid") from None
     kwargs = {"grid": (rows, cols), "patch_size": patch_size, "n_slots": slots, "seed": seed,
-              "s1": not no_s1, "missing": missing, "corrupt": corrupt, "junk": junk}
+              "s1": not no_s1, "missing": missing, "corrupt": corrupt, "holes": holes, "junk": junk,
+              "spectra": spectra, "real_pixels": real_pixels}
     if rois:
         kwargs["rois"] = tuple(rois)
     try:

@@ -135,3 +135,15 @@ def test_no_s1_then_s1(synthetic_archive, tmp_path, dask_client):
                      client=dask_client)
     assert report.converted == 9  # S1 added to the patches that lacked it
     assert xr.open_zarr(cube).valid_s1.values.all()
+
+
+def test_s1_that_float32_cannot_hold_is_kept_as_float64(tiny_archive, tmp_path, dask_client):
+    import rasterio
+
+    for f in sorted(tiny_archive.glob("ROIs*/*/S1/*/*.tif")):
+        with rasterio.open(f, "r+") as dst:
+            dst.write(dst.read() + 1e-9)  # not representable in float32
+    cube = tmp_path / "f64.zarr"
+    assert convert(tiny_archive, cube, clouds=False, client=dask_client).ok
+    assert xr.open_zarr(cube).s1.dtype == np.float64
+    assert validate(tiny_archive, cube).ok
