@@ -29,10 +29,11 @@ REAL = ROOT.parent / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
 
 
 def _cluster(n_workers: int):
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, host="127.0.0.1")
+    from s2cube_conversion.run import local_cluster
+
+    cluster = local_cluster(n_workers, 1)
     return cluster, Client(cluster)
 
 

@@ -178,20 +178,36 @@ def _attrs(inventory, selection: Selection | None, s1: bool, detector) -> dict:
     }
 
 
+def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1):
+    """A ``LocalCluster`` on loopback tuned for conversion: one process per core by default.
+
+    Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers, which turns glibc's adaptive
+    mmap threshold off: every GeoTIFF buffer is then mmap'ed, faulted in and unmapped, and
+    conversion runs at half speed (``benchmarks/bench_convert.py io``). We unset it here;
+    set ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in the dask
+    config of your own cluster for the same effect.
+    """
+    import dask
+    from dask.distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=n_workers or os.cpu_count() or 1,
+                            threads_per_worker=threads_per_worker, processes=True,
+                            dashboard_address=None, host="127.0.0.1")
+
+
 @contextlib.contextmanager
 def _client(client, scheduler, n_workers, threads_per_worker) -> Iterator:
     if client is not None:
         yield client
         return
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     if scheduler:
         with Client(scheduler) as c:
             yield c
         return
-    n = n_workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster) as c:
+    with local_cluster(n_workers, threads_per_worker) as cluster, Client(cluster) as c:
         yield c
 
 

@@ -21,10 +21,11 @@ PATCH = 32
 @pytest.fixture(scope="session")
 def dask_client():
     """A real dask.distributed LocalCluster: 2 single-threaded worker processes on loopback."""
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
+    from s2cube_conversion.run import local_cluster
+
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:
         yield client
 
 
