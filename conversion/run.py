@@ -193,7 +193,7 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1):
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         return LocalCluster(n_workers=n_workers or os.cpu_count() or 1,
                             threads_per_worker=threads_per_worker, processes=True,
-                            dashboard_address=None, host="127.0.0.1")
+                            dashboard_address="127.0.0.1:0", host="127.0.0.1")
 
 
 @contextlib.contextmanager

@@ -333,7 +333,8 @@ def finalize(cube: Location, layout: list[GridRecord], patch_size: int, attrs: d
     problems = {p: m for rec in records.values() for p, m in rec.problems}
     meta = read_root(cube) or {}
     meta.pop("consolidated_metadata", None)
-    meta["attributes"] = {**root_attrs, **attrs,
+    # xarray just wrote a global "coordinates" attr (transform, wavelength): keep it
+    meta["attributes"] = {**root_attrs, **meta.get("attributes", {}), **attrs,
                           "problems": [{"path": p, "message": m} for p, m in sorted(problems.items())],
                           schema.ATTR_STATE: schema.STATE_WRITING}
     write_root(cube, meta)

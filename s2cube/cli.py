@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -44,6 +45,8 @@ def main(verbose: int) -> None:
     """s2cube: SEN12MS-CR-TS as one cloud-native Zarr v3 cube."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # dask's own INFO chatter only with -vv (read by dask when it is first imported)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose >= 2 else "warning")
 
 
 @main.command()
