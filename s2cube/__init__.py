@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from s2cube.errors import (  # noqa: E402
+from s2cube.errors import (
     ArchiveError,
     ConversionError,
     IncompleteCubeError,
@@ -31,3 +31,8 @@ __all__ = [
     "StorageError",
     "__version__",
 ]
+
+from s2cube.accessor import S2CubeAccessor  # noqa: F401  (registers Dataset.s2cube)
+from s2cube.io import open_cube
+
+__all__ += ["open_cube"]

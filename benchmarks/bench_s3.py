@@ -1,0 +1,142 @@
+"""S3 backends side by side: fsspec (s3fs) vs obstore for the cube's sharded zarr arrays.
+
+    .venv/bin/python benchmarks/bench_s3.py [--patch 96] [--grid 3] [--repeat 3] [--json out.json]
+
+Starts SeaweedFS (``weed mini``, loopback only) and measures, per backend, on an array
+shaped like the cube's ``s2`` (shard = one patch's 30 slots x 13 bands, inner chunk = one
+slot), with the converter's codec, pixels cut from the real L1C scenes when present:
+
+- write:  every shard (one PUT each), MB/s of raw pixels;
+- read:   the whole array, MB/s of raw pixels;
+- sample: one inner chunk (one patch at one slot, all bands) at a time in random order,
+          as the loader reads: ms per sample (a byte-range GET, shard index cached);
+- open:   opening the array from a fresh store, ms.
+
+Also the server's startup time. Medians of ``--repeat`` runs; backends alternate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
+BACKENDS = ("fsspec", "obstore")
+
+
+def pixels(patch: int, grid: int) -> np.ndarray:
+    """(1, 30, 13, grid*P, grid*P) uint16: crops of the real scenes, else smooth noise."""
+    rng = np.random.default_rng(0)
+    out = np.empty((1, 30, 13, grid * patch, grid * patch), np.uint16)
+    if REAL.exists() and patch <= 100:
+        scenes = np.rint(np.load(REAL) * 10000).astype(np.uint16)  # (5, 101, 100, 13)
+        for r in range(grid):
+            for c in range(grid):
+                for t in range(30):
+                    y, x = rng.integers(0, 101 - patch + 1), rng.integers(0, 100 - patch + 1)
+                    crop = scenes[(t + r + c) % 5, y:y + patch, x:x + patch].transpose(2, 0, 1)
+                    out[0, t, :, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = crop
+        return out
+    print(f"note: {REAL} missing (or --patch > 100): using synthetic pixels", file=sys.stderr)
+    base = rng.normal(2000, 300, out.shape[2:]).cumsum(axis=-1) / 50
+    return (base + rng.integers(0, 200, out.shape)).clip(0, 65535).astype(np.uint16)
+
+
+def codecs() -> dict:
+    try:
+        from s2cube_conversion.write import pixel_codecs
+
+        return pixel_codecs("s2")
+    except ImportError:
+        from zarr.codecs import BloscCodec
+
+        return {"compressors": (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),)}
+
+
+def bench_backend(server, backend: str, data: np.ndarray, patch: int, run: int) -> dict:
+    import zarr
+
+    from s2cube.storage import parse_location, zarr_store
+
+    loc = parse_location(f"s3://bench/{backend}-{run}.zarr", server.storage_options())
+    mb = data.nbytes / 1e6
+    shards = (1, 30, 13, patch, patch)
+    arr = zarr.create_array(zarr_store(loc, backend=backend), name="s2", shape=data.shape,
+                            dtype=data.dtype, chunks=(1, 1, 13, patch, patch), shards=shards,
+                            fill_value=0, **codecs())
+    t0 = time.perf_counter()
+    arr[:] = data
+    write = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    arr = zarr.open_array(zarr_store(loc, read_only=True, backend=backend), path="s2")
+    opened = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    back = arr[:]
+    read = time.perf_counter() - t0
+    if not np.array_equal(back, data):
+        raise SystemExit(f"{backend}: read back differs from what was written")
+
+    grid = data.shape[-1] // patch
+    rng = np.random.default_rng(run)
+    picks = [(int(t), int(r), int(c)) for t, r, c in zip(rng.integers(0, 30, 60),
+                                                         rng.integers(0, grid, 60),
+                                                         rng.integers(0, grid, 60))]
+    arr = zarr.open_array(zarr_store(loc, read_only=True, backend=backend), path="s2")
+    t0 = time.perf_counter()
+    for t, r, c in picks:
+        arr[0, t, :, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
+    sample = (time.perf_counter() - t0) / len(picks)
+    return {"write_MBps": mb / write, "read_MBps": mb / read, "sample_ms": 1e3 * sample,
+            "open_ms": 1e3 * opened}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--patch", type=int, default=96)
+    ap.add_argument("--grid", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    from s2cube.testing import SeaweedServer
+
+    data = pixels(args.patch, args.grid)
+    starts = []
+    for _ in range(3):
+        with SeaweedServer() as s:
+            starts.append(s.startup_seconds)
+    results: dict[str, list[dict]] = {b: [] for b in BACKENDS}
+    with SeaweedServer() as server:
+        server.create_bucket("bench")
+        for run in range(args.repeat):
+            order = BACKENDS if run % 2 == 0 else BACKENDS[::-1]
+            for backend in order:
+                results[backend].append(bench_backend(server, backend, data, args.patch, run))
+    table = {b: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+             for b, rs in results.items()}
+
+    print(f"SeaweedFS weed mini startup (S3 port answering): "
+          f"median {statistics.median(starts):.2f} s of {[round(s, 2) for s in starts]}")
+    print(f"array {data.shape} uint16 = {data.nbytes / 1e6:.1f} MB raw, "
+          f"{args.grid**2} shards of {args.patch} px; medians of {args.repeat} runs")
+    cols = ("write_MBps", "read_MBps", "sample_ms", "open_ms")
+    print(f"{'backend':<10}" + "".join(f"{c:>13}" for c in cols))
+    for b in BACKENDS:
+        print(f"{b:<10}" + "".join(f"{table[b][c]:>13.1f}" for c in cols))
+    ratio = {c: table["obstore"][c] / table["fsspec"][c] for c in cols}
+    print(f"{'obs/fss':<10}" + "".join(f"{ratio[c]:>13.2f}" for c in cols))
+    if args.json:
+        args.json.write_text(json.dumps({"startup_s": starts, "results": results,
+                                         "median": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

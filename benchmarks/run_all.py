@@ -1,0 +1,34 @@
+"""Run every benchmark script in turn and keep their JSON results in benchmarks/output/.
+
+    .venv/bin/python benchmarks/run_all.py [name ...]     # e.g. convert clouds
+
+Each script prints its own table and the exact command that reproduces it; BENCHMARKS.md
+quotes those tables with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    names = sys.argv[1:] or sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    out = HERE / "output"
+    out.mkdir(exist_ok=True)
+    failed = []
+    for name in names:
+        cmd = [sys.executable, str(HERE / f"bench_{name}.py"), "--json", str(out / f"{name}.json")]
+        print(f"$ {' '.join(cmd)}", flush=True)
+        if subprocess.run(cmd, check=False).returncode:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

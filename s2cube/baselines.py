@@ -1,0 +1,473 @@
+"""The reference evaluation protocol (archive.md sec. 7): sample plans, baselines, scoring.
+
+- A *plan* is a small table, one row per sample: ``roi, row, col`` (the patch), ``inputs``
+  (slots) and ``target`` (slot); :func:`sample_plan` makes it with the reference samplers
+  of :mod:`s2cube.sampling` from the stored ``coverage`` (no pixel read), and
+  :func:`as_plan` accepts your own.
+- Baselines, as the SEN12MS-CR-TS toolbox computes them on reflectance in [0, 1]:
+  **least cloudy** (the input with the fewest cloudy pixels, ``np.argsort(...)[0]``) and
+  **mosaicing** (per pixel and band the mean of the clear input values; where no input
+  is clear the constant 0.75, the toolbox's 0.5 in its [−1, 1] space), plus a temporal
+  **median composite** of the clear pixels of whole ROIs.
+- :func:`evaluate` scores a prediction cube against the targets, one dask task per
+  sample that reads only that sample's chunks, into a table per sample with means per
+  ROI, region and split.
+
+Reflectance follows the reference's default preprocessing: ``clip(DN, 0, 10000) / 10000``.
+Cloud masks per detector are those of :func:`s2cube.stats.cloud_mask` (0 clear, 1 cloudy).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from s2cube import metrics as M
+from s2cube import schema
+from s2cube.select import detector_name, patch_table
+from s2cube.stats import _patch_size, mask_from, mask_source, valid_frames
+
+logger = logging.getLogger(__name__)
+
+#: Mosaicing's value where no input is clear: 0.5 in the toolbox's [-1, 1] space.
+MOSAIC_FILL = 0.75
+METHODS = ("least_cloudy", "mosaic")
+PLAN_COLUMNS = ("roi", "row", "col", "inputs", "target")
+
+
+# --- pure NumPy ------------------------------------------------------------------------
+
+def to_reflectance(dn: Any) -> np.ndarray:
+    """DN to reflectance as the reference's default preprocessing: ``clip(0, 10000) / 10000``."""
+    return np.clip(np.asarray(dn, dtype=np.float32), 0, 10000) / np.float32(10000)
+
+
+def least_cloudy_index(masks: Any) -> int:
+    """Index of the input with the fewest cloudy pixels (``np.argsort(sums)[0]``, as the reference)."""
+    m = np.asarray(masks, dtype=np.float64)
+    return int(np.argsort([m[k].sum() for k in range(m.shape[0])])[0])
+
+
+def least_cloudy(inputs: Any, masks: Any) -> np.ndarray:
+    """The input frame ``(band, H, W)`` with the fewest cloudy pixels of ``masks`` ``(n, H, W)``."""
+    x = np.asarray(inputs)
+    return x[least_cloudy_index(masks)]
+
+
+def mosaic(inputs: Any, masks: Any, fill: float = MOSAIC_FILL) -> np.ndarray:
+    """Per pixel and band, the mean of the clear inputs (mask 0); ``fill`` where none is clear.
+
+    ``inputs`` ``(n, band, H, W)`` reflectance, ``masks`` ``(n, H, W)``. Returns float32.
+    """
+    x = np.asarray(inputs, dtype=np.float64)
+    clear = (np.asarray(masks) == 0)[:, None]
+    clear = np.broadcast_to(clear, x.shape)
+    total = np.where(clear, x, 0.0).sum(axis=0)
+    count = clear.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, total / count, fill)
+    return out.astype(np.float32)
+
+
+def _batcher_pairs(n: int) -> list[tuple[int, int]]:
+    """Comparators of Batcher's odd-even merge sort of ``n`` (a power of two) items."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+def sort_series(values: np.ndarray) -> np.ndarray:
+    """Sort along axis 0 with a sorting network: one vectorised min/max per comparator.
+
+    For short series (30 slots) over many pixels this is several times faster than
+    ``np.sort``, whose per-row overhead dominates; the result is the same.
+    """
+    n = values.shape[0]
+    size = 1 << max(n - 1, 0).bit_length()
+    top = np.iinfo(values.dtype).max if values.dtype.kind in "ui" else np.inf
+    x = np.full((size, *values.shape[1:]), top, dtype=values.dtype)
+    x[:n] = values
+    lo = np.empty_like(x[0])  # one buffer: no allocation per comparator
+    for a, b in _batcher_pairs(size):
+        if a >= n and b >= n:
+            continue  # both padding: already in order
+        np.minimum(x[a], x[b], out=lo)
+        np.maximum(x[a], x[b], out=x[b])
+        x[a] = lo
+    return x[:n]
+
+
+def median_of_clear(values: Any, clear: Any, axis: int = -1) -> np.ndarray:
+    """Median along ``axis`` of the ``clear`` values; NaN where none is clear. float32.
+
+    Exact: unclear values are set to the dtype's maximum, the series sorted, and the
+    middle one or two of the ``n`` clear values averaged.
+    """
+    v = np.asarray(values)
+    ok = np.asarray(clear, bool)
+    v, ok = np.broadcast_arrays(v, ok)
+    top = np.iinfo(v.dtype).max if v.dtype.kind in "ui" else np.inf
+    series = np.ascontiguousarray(np.moveaxis(np.where(ok, v, top), axis, 0))
+    s = sort_series(series)
+    n = np.moveaxis(ok, axis, 0).sum(axis=0)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[None], 0)[0]
+    hi = np.take_along_axis(s, np.minimum(n // 2, s.shape[0] - 1)[None], 0)[0]
+    med = (lo.astype(np.float32) + hi.astype(np.float32)) / np.float32(2)
+    return np.where(n > 0, med, np.float32(np.nan)).astype(np.float32)
+
+
+# --- plans -----------------------------------------------------------------------------
+
+def sample_plan(
+    ds: xr.Dataset,
+    *,
+    split: str = "test",
+    region: str = "all",
+    detector: str = "s2cloudless_mask",
+    **options: Any,
+) -> pd.DataFrame:
+    """The reference samples of ``split``/``region`` as a plan table (index ``pdx``).
+
+    ``options`` go to :func:`s2cube.sampling.make_plan` (``sampler``, ``n_input_samples``,
+    ``min_cov``, ``max_cov``, ``stable``, ...). Reads ``patch_id`` and ``coverage`` only.
+    """
+    from s2cube.sampling import make_plan
+
+    table = patch_table(ds, split, region)
+    cov = np.asarray(ds["coverage"].sel(detector=detector_name(detector)).values)
+    if cov.ndim == 3:
+        cov = cov[None]
+    series = cov[table["roi_index"].to_numpy(), :, table["row"].to_numpy(), table["col"].to_numpy()]
+    plan = make_plan(series.reshape(len(table), -1), **options)
+    table["inputs"] = [tuple(int(t) for t in row) for row in plan.inputs]
+    table["target"] = plan.target.astype(np.int64)
+    table["match"] = plan.match
+    return table
+
+
+def as_plan(ds: xr.Dataset, plan: Any) -> pd.DataFrame:
+    """Normalise a plan: a table with ``roi, row, col, inputs, target`` (plus cube positions).
+
+    ``plan`` may be such a table (any extra columns are kept), a list of dicts, a callable
+    ``plan(ds)`` returning one, or a ``(PatchIndex, SamplePlan)`` pair of
+    :mod:`s2cube.sampling`.
+    """
+    if callable(plan) and not isinstance(plan, pd.DataFrame):
+        plan = plan(ds)
+    if isinstance(plan, tuple) and len(plan) == 2 and hasattr(plan[1], "inputs"):
+        index, sp = plan
+        plan = pd.DataFrame({
+            "roi": [index.roi_name(i) for i in range(len(index))], "row": index.row,
+            "col": index.col, "inputs": [tuple(int(t) for t in r) for r in sp.inputs],
+            "target": sp.target})
+        plan.index.name = "pdx"
+    table = plan.copy() if isinstance(plan, pd.DataFrame) else pd.DataFrame(list(plan))
+    missing = [c for c in PLAN_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"the plan lacks column(s) {missing}; it needs {list(PLAN_COLUMNS)} "
+                         "(make one with s2cube.baselines.sample_plan)")
+    names = list(np.atleast_1d(np.asarray(ds["roi"].values).astype(str)))
+    unknown = sorted(set(table["roi"].astype(str)) - set(names))
+    if unknown:
+        raise ValueError(f"the plan names ROI(s) {unknown} that are not in the cube ({names})")
+    table["roi"] = table["roi"].astype(str)
+    table["roi_index"] = [names.index(r) for r in table["roi"]]
+    table["inputs"] = [tuple(int(t) for t in np.atleast_1d(v)) for v in table["inputs"]]
+    table["target"] = table["target"].astype(np.int64)
+    if "patch_id" not in table:  # reads the small patch_id array
+        pid = np.asarray(ds["patch_id"].values)
+        pid = pid[None] if pid.ndim == 2 else pid
+        table["patch_id"] = pid[table["roi_index"], table["row"], table["col"]]
+    if (table["patch_id"] < 0).any():
+        bad = table.loc[table["patch_id"] < 0, ["roi", "row", "col"]].head(3).to_dict("records")
+        raise ValueError(f"the plan points at cells with no patch, e.g. {bad}")
+    for col in ("split", "region"):
+        if col not in table:
+            table[col] = [getattr(schema.roi_info(r), col) for r in table["roi"]]
+    if table.index.name is None:
+        table.index.name = "pdx"
+    return table
+
+
+# --- dask plumbing: one task per patch, reading only the chunks it needs --------------------
+
+def _blocked(var: xr.DataArray, chunks: dict[str, int]):
+    """``var``'s data as a dask array with exactly ``chunks`` (dims not named: whole)."""
+    import dask.array as da
+
+    want = tuple(chunks.get(d, var.sizes[d]) for d in var.dims)
+    data = var.data
+    if not isinstance(data, da.Array):
+        return da.from_array(np.asarray(data), chunks=want)
+    if data.chunksize != want or any(len(set(c[:-1])) > 1 for c in data.chunks):
+        data = data.rechunk(want)
+    return data
+
+
+def _graph_array(name: str, layer: dict, deps: list, chunks: tuple, dtype):
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
+    return da.Array(graph, name, chunks=chunks, dtype=dtype)
+
+
+def _cube_arrays(ds: xr.Dataset, detector: str):
+    """The s2 and raw mask dask arrays, one chunk per patch and slot, with ``roi`` kept."""
+    p = _patch_size(ds)
+    one = ds if "roi" in ds.dims else ds.expand_dims("roi")
+    s2 = _blocked(one["s2"].transpose("roi", "time", "band", "y", "x"),
+                  {"roi": 1, "time": 1, "y": p, "x": p})
+    raw = one[mask_source(detector)].transpose("roi", "time", "y", "x")
+    return s2, _blocked(raw, {"roi": 1, "time": 1, "y": p, "x": p}), p
+
+
+def _masks(detector: str, raw_blocks: list) -> np.ndarray:
+    """``(n, P, P)`` uint8 masks (1 cloudy) of the raw blocks of the inputs."""
+    return mask_from(np.concatenate([b[0] for b in raw_blocks], axis=0), detector).astype(np.uint8)
+
+
+def _baseline_block(method: str, fill: float, detector: str, s2_blocks: list,
+                    raw_blocks: list) -> np.ndarray:
+    x = to_reflectance(np.concatenate([b[0] for b in s2_blocks], axis=0))  # (n, band, P, P)
+    m = _masks(detector, raw_blocks)
+    out = least_cloudy(x, m) if method == "least_cloudy" else mosaic(x, m, fill)
+    return np.asarray(out, np.float32)[None]
+
+
+def baseline(
+    ds: xr.Dataset,
+    plan: Any,
+    method: str = "mosaic",
+    *,
+    detector: str = "s2cloudless_mask",
+    fill: float = MOSAIC_FILL,
+) -> xr.DataArray:
+    """A baseline's predictions for the samples of ``plan``, as a lazy prediction cube.
+
+    Returns ``(roi, band, y, x)`` float32 reflectance on the cube's grid, NaN where the
+    plan has no sample; each patch is one task reading only its input chunks.
+    """
+    import dask.base
+
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    table = as_plan(ds, plan)
+    if table.duplicated(["roi", "row", "col"]).any():
+        raise ValueError("the plan has several samples on one patch; a prediction cube holds one "
+                         "prediction per patch: split the plan")
+    s2, mask, p = _cube_arrays(ds, detector_name(detector))
+    n_roi, n_band = s2.shape[0], s2.shape[2]
+    n_rows, n_cols = s2.numblocks[3], s2.numblocks[4]
+    name = f"baseline-{method}-" + dask.base.tokenize(s2.name, mask.name, table, method, fill)
+    layer: dict = {}
+    planned = {(int(s.roi_index), int(s.row), int(s.col)): s.inputs for s in table.itertuples()}
+    for i in range(n_roi):
+        for r in range(n_rows):
+            for c in range(n_cols):
+                inputs = planned.get((i, r, c))
+                key = (name, i, 0, r, c)
+                if inputs is None:
+                    layer[key] = (np.full, (1, n_band, p, p), np.nan, np.float32)
+                else:
+                    layer[key] = (_baseline_block, method, fill, detector,
+                                  [(s2.name, i, t, 0, r, c) for t in inputs],
+                                  [(mask.name, i, t, r, c) for t in inputs])
+    chunks = ((1,) * n_roi, (n_band,), (p,) * n_rows, (p,) * n_cols)
+    data = _graph_array(name, layer, [s2, mask], chunks, np.float32)
+    one = ds if "roi" in ds.dims else ds.expand_dims("roi")
+    coords = {k: one.coords[k] for k in ("roi", "band", "y", "x") if k in one.coords}
+    out = xr.DataArray(data, dims=("roi", "band", "y", "x"), coords=coords, name=method)
+    out.attrs.update(long_name=f"{method} baseline", units="1", detector=detector)
+    return out if "roi" in ds.dims else out.isel(roi=0)
+
+
+def _composite_block(s2: np.ndarray, raw: np.ndarray, frames: np.ndarray,
+                     detector: str) -> np.ndarray:
+    """One patch series: s2 ``(1, T, B, P, P)``, raw mask ``(1, T, P, P)``, frames ``(1, T, 1, 1)``."""
+    clear = frames.astype(bool) & ~mask_from(raw, detector)
+    med = median_of_clear(s2[0], clear[0][:, None], axis=0)  # (B, P, P)
+    return (med / np.float32(10000))[None]
+
+
+def composite(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArray:
+    """Temporal median of the clear pixels: reflectance ``(roi, band, y, x)``, NaN if never clear.
+
+    Clear: the frame is valid and not blank and the pixel is not cloudy for ``detector``.
+    Lazy; one task per patch over its whole series. Open the cube with
+    ``chunks="shard"`` for this: each series is then read by one zarr call.
+    """
+    import dask.array as da
+
+    detector = detector_name(detector)
+    p = _patch_size(ds)
+    one = ds if "roi" in ds.dims else ds.expand_dims("roi")
+    s2 = _blocked(one["s2"].transpose("roi", "time", "band", "y", "x"),
+                  {"roi": 1, "y": p, "x": p})
+    raw = _blocked(one[mask_source(detector)].transpose("roi", "time", "y", "x"),
+                   {"roi": 1, "y": p, "x": p})
+    frames = _blocked(valid_frames(one).transpose("roi", "time", "row", "col"),
+                      {"roi": 1, "row": 1, "col": 1})
+    data = da.blockwise(_composite_block, "rbyx", s2, "rtbyx", raw, "rtyx", frames, "rtyx",
+                        detector=detector, align_arrays=False, concatenate=True,
+                        dtype=np.float32)
+    src = one["s2"]
+    coords = {k: v for k, v in src.coords.items() if "time" not in v.dims}
+    out = xr.DataArray(data, dims=("roi", "band", "y", "x"), coords=coords, name="composite",
+                       attrs={"long_name": f"median of the {detector}-clear reflectance over "
+                                           "time", "units": "1"})
+    return out if "roi" in ds.dims else out.isel(roi=0)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+def _prediction_array(ds: xr.Dataset, predictions: Any, p: int):
+    if isinstance(predictions, xr.Dataset):
+        names = [n for n in ("prediction", "s2") if n in predictions]
+        if not names:
+            raise ValueError("the prediction Dataset has no 'prediction' or 's2' variable")
+        predictions = predictions[names[0]]
+    if not isinstance(predictions, xr.DataArray):
+        raise TypeError(f"predictions must be an xarray DataArray/Dataset, got {type(predictions)}")
+    pred = predictions if "roi" in predictions.dims else predictions.expand_dims("roi")
+    if "time" in pred.dims:
+        raise ValueError("predictions hold a 'time' dim; a seq2point prediction cube is "
+                         "(roi, band, y, x): select the predicted slot")
+    want = ("roi", "band", "y", "x")
+    if set(pred.dims) != set(want):
+        raise ValueError(f"predictions have dims {pred.dims}; expected {want} on the cube's grid")
+    pred = pred.transpose(*want)
+    for d in ("band", "y", "x"):
+        if pred.sizes[d] != ds.sizes[d]:
+            raise ValueError(f"predictions have {pred.sizes[d]} {d}; the cube has {ds.sizes[d]}")
+    names = list(np.asarray(pred["roi"].values).astype(str))
+    return _blocked(pred, {"roi": 1, "y": p, "x": p}), names
+
+
+def _score_block(detector: str, target_block: np.ndarray, raw_blocks: list,
+                 pred_block: np.ndarray) -> np.ndarray:
+    target = to_reflectance(target_block[0, 0])
+    pred = pred_block[0]
+    if pred.dtype.kind in "ui":
+        pred = to_reflectance(pred)
+    masks = _masks(detector, raw_blocks)
+    if np.isnan(pred).all():
+        return np.full((1, len(M.METRICS) + 1), np.nan)
+    row = M.image_metrics(pred, target, masks)
+    return np.array([[1.0, *[row[k] for k in M.METRICS]]])
+
+
+def score_samples(
+    ds: xr.Dataset, predictions: Any, plan: Any, *, detector: str = "s2cloudless_mask",
+):
+    """Lazy ``(n_samples, 1 + len(METRICS))`` dask array of per-sample scores, and its plan.
+
+    Column 0 is 1 where the prediction had values, NaN where the patch was not predicted.
+    Samples whose ROI is not in ``predictions`` are left out of the returned plan.
+    """
+    import dask.base
+
+    table = as_plan(ds, plan)
+    s2, mask, p = _cube_arrays(ds, detector_name(detector))
+    pred, pred_rois = _prediction_array(ds, predictions, p)
+    table = table[table["roi"].isin(pred_rois)]
+    name = "evaluate-" + dask.base.tokenize(s2.name, mask.name, pred.name, table, detector)
+    layer = {}
+    for k, s in enumerate(table.itertuples()):
+        i, r, c = int(s.roi_index), int(s.row), int(s.col)
+        layer[(name, k, 0)] = (
+            _score_block, detector, (s2.name, i, int(s.target), 0, r, c),
+            [(mask.name, i, t, r, c) for t in s.inputs],
+            (pred.name, pred_rois.index(s.roi), 0, r, c))
+    chunks = ((1,) * len(table), (len(M.METRICS) + 1,))
+    return _graph_array(name, layer, [s2, mask, pred], chunks, np.float64), table
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores per sample (``samples``) and their means per ROI, region and split."""
+
+    samples: pd.DataFrame
+    detector: str
+
+    def by(self, *keys: str) -> pd.DataFrame:
+        """Means of the per-sample metrics grouped by ``keys`` (with the sample count ``n``)."""
+        cols = [c for c in M.METRICS if c in self.samples]
+        g = self.samples.groupby(list(keys), sort=True)
+        out = g[cols].mean()
+        out.insert(0, "n", g.size())
+        return out
+
+    @property
+    def per_roi(self) -> pd.DataFrame:
+        return self.by("split", "region", "roi")
+
+    @property
+    def per_region(self) -> pd.DataFrame:
+        return self.by("region")
+
+    @property
+    def per_split(self) -> pd.DataFrame:
+        return self.by("split")
+
+    @property
+    def overall(self) -> pd.Series:
+        """The mean of every metric over all samples (the reference's headline numbers)."""
+        cols = [c for c in M.METRICS if c in self.samples]
+        return self.samples[cols].mean().rename("mean")
+
+
+def evaluate(
+    ds: xr.Dataset,
+    predictions: Any,
+    plan: Any | Callable | None = None,
+    *,
+    detector: str = "s2cloudless_mask",
+) -> Evaluation:
+    """Score predictions against the targets of ``plan``, in parallel with dask.
+
+    Parameters
+    ----------
+    predictions
+        A prediction cube: ``(roi, band, y, x)`` on the cube's grid (any subset of ROIs),
+        reflectance in [0, 1] as float or DN as integers; patches that were not predicted
+        are NaN and are left out.
+    plan
+        Which slots are inputs and target per sample (see :func:`as_plan`); by default the
+        reference's fixed sampler with 3 inputs on every split (:func:`sample_plan`).
+    detector
+        The detector of the input masks for the cloudy/clear split of RMSE and MAE.
+
+    Returns
+    -------
+    Evaluation
+        ``.samples`` (one row per scored sample, index ``pdx``), ``.per_roi``,
+        ``.per_region``, ``.per_split``, ``.overall``.
+    """
+    if plan is None:
+        plan = sample_plan(ds, split="all", detector=detector)
+    scores, table = score_samples(ds, predictions, plan, detector=detector)
+    values = np.asarray(scores.compute()) if len(table) else np.zeros((0, len(M.METRICS) + 1))
+    keep = values[:, 0] == 1.0
+    cols = [c for c in ("roi", "row", "col", "patch_id", "split", "region", "inputs", "target")
+            if c in table]
+    out = table.loc[keep, cols].copy()
+    for j, metric in enumerate(M.METRICS):
+        out[metric] = values[keep, j + 1]
+    logger.info("scored %d of %d planned samples", int(keep.sum()), len(table))
+    return Evaluation(out, detector)

@@ -1,0 +1,223 @@
+"""Image metrics of the reference evaluation (archive.md sec. 7), in plain NumPy.
+
+One image is a ``(band, H, W)`` array of reflectance in [0, 1]; every function scores one
+image and the reference averages the per-image values over images. The formulas are the
+ones of the authors' code (the SEN12MS-CR-TS toolbox's ``compute_metric`` and UnCRtainTS'
+``img_metrics``):
+
+- RMSE and MAE over all bands and pixels; PSNR = 20·log10(1 / RMSE);
+- SSIM with an 11-pixel Gaussian window (σ 1.5, zero padding, same-size output),
+  C1 = 0.01², C2 = 0.03², averaged over bands and pixels;
+- SAM: the mean over pixels of the angle between the two spectra (UnCRtainTS reports
+  degrees, the toolbox radians); a pixel whose spectrum is all zero has no angle and
+  makes the mean NaN, as in the reference;
+- RMSE and MAE over cloudy and over clear pixels, where a pixel is cloudy when the sum
+  of the input masks, clipped to [0, 1], is 1 and clear when it is 0 (the union of the
+  input masks for binary masks).
+
+Everything is computed in float64. :func:`metrics_blocks` maps :func:`image_metrics` over
+a stack of images held in a dask array, one task per block of images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Names of the values :func:`image_metrics` returns, in this order.
+METRICS: tuple[str, ...] = (
+    "rmse", "mae", "psnr", "ssim", "sam_deg", "sam_rad",
+    "rmse_cloudy", "rmse_clear", "mae_cloudy", "mae_clear", "cloudy_fraction",
+)
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+def _pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(pred, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from target shape {t.shape}; "
+                         "pass two (band, H, W) images of the same size")
+    return p, t
+
+
+def rmse(pred: Any, target: Any) -> float:
+    """Root mean squared error over all bands and pixels."""
+    p, t = _pair(pred, target)
+    return float(np.sqrt(np.mean(np.square(t - p))))
+
+
+def mae(pred: Any, target: Any) -> float:
+    """Mean absolute error over all bands and pixels."""
+    p, t = _pair(pred, target)
+    return float(np.mean(np.abs(t - p)))
+
+
+def psnr(pred: Any, target: Any) -> float:
+    """Peak signal-to-noise ratio for data in [0, 1]: ``20 log10(1 / RMSE)`` (inf when equal)."""
+    return _psnr(np.float64(rmse(pred, target)))
+
+
+def _psnr(r: np.float64) -> float:
+    with np.errstate(divide="ignore"):
+        return float(20.0 * np.log10(np.float64(1.0) / r))
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """The normalised 1-D Gaussian of the reference SSIM (its 2-D window is the outer product)."""
+    x = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(x**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def _filter(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Separable correlation of the last two axes with ``w``, zero padding, same size.
+
+    Written with a few preallocated buffers: on dask workers (where ``MALLOC_TRIM_THRESHOLD_``
+    makes every large temporary a fresh ``mmap``) this is ~3x faster than ``y += w * x``.
+    """
+    r = len(w) // 2
+    h, wd = x.shape[-2:]
+    lead = x.shape[:-2]
+    p = np.zeros((*lead, h + 2 * r, wd), dtype=np.float64)
+    p[..., r:r + h, :] = x
+    y = np.multiply(p[..., 0:h, :], w[0])
+    tmp = np.empty_like(y)
+    for k in range(1, len(w)):
+        np.multiply(p[..., k:k + h, :], w[k], out=tmp)
+        y += tmp
+    q = np.zeros((*lead, h, wd + 2 * r), dtype=np.float64)
+    q[..., r:r + wd] = y
+    np.multiply(q[..., 0:wd], w[0], out=y)
+    for k in range(1, len(w)):
+        np.multiply(q[..., k:k + wd], w[k], out=tmp)
+        y += tmp
+    return y
+
+
+def ssim_map(pred: Any, target: Any, *, window: int = SSIM_WINDOW,
+             sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """The per-pixel SSIM of each band, shape of the inputs (``(band, H, W)``)."""
+    p, t = _pair(pred, target)
+    if p.ndim < 2:
+        raise ValueError(f"SSIM needs images (..., H, W), got shape {p.shape}")
+    w = gaussian_window(window, sigma)
+    mu1, mu2, s1, s2, s12 = _filter(np.stack([t, p, t * t, p * p, t * p]), w)
+    # the reference formula, computed in place (few large temporaries: see _filter)
+    mu1_sq, mu2_sq, num = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1 -= mu1_sq  # sigma1²
+    s2 -= mu2_sq  # sigma2²
+    s12 -= num  # sigma12
+    num *= 2
+    num += SSIM_C1
+    s12 *= 2
+    s12 += SSIM_C2
+    num *= s12  # (2 mu1 mu2 + C1)(2 sigma12 + C2)
+    mu1_sq += mu2_sq
+    mu1_sq += SSIM_C1
+    s1 += s2
+    s1 += SSIM_C2
+    mu1_sq *= s1  # (mu1² + mu2² + C1)(sigma1² + sigma2² + C2)
+    num /= mu1_sq
+    return num
+
+
+def ssim(pred: Any, target: Any, *, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> float:
+    """Structural similarity, Gaussian window 11 / σ 1.5, averaged over bands and pixels."""
+    return float(np.mean(ssim_map(pred, target, window=window, sigma=sigma)))
+
+
+def sam(pred: Any, target: Any, *, degrees: bool = True) -> float:
+    """Spectral angle mapper: mean angle between predicted and true spectra (band axis 0)."""
+    p, t = _pair(pred, target)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.sum(t * p, axis=0) / np.sqrt(np.sum(t * t, axis=0)) / np.sqrt(np.sum(p * p, axis=0))
+        angle = float(np.mean(np.arccos(np.clip(cos, -1.0, 1.0))))
+    return float(np.degrees(angle)) if degrees else angle
+
+
+def cloudy_pixels(input_masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(cloudy, clear)`` pixel masks ``(H, W)`` from the input masks ``(n, H, W)``.
+
+    As the reference: the masks are summed and clipped to [0, 1]; 1 is cloudy and 0 clear.
+    """
+    m = np.asarray(input_masks, dtype=np.float64)
+    if m.ndim == 2:
+        m = m[None]
+    agg = np.clip(m.sum(axis=0), 0.0, 1.0)
+    return agg == 1.0, agg == 0.0
+
+
+def masked_errors(pred: Any, target: Any, input_masks: Any) -> dict[str, float]:
+    """RMSE and MAE over the cloudy and over the clear pixels of the input masks (all bands)."""
+    p, t = _pair(pred, target)
+    cloudy, clear = cloudy_pixels(input_masks)
+    if cloudy.shape != p.shape[-2:]:
+        raise ValueError(f"input masks are {cloudy.shape} pixels, the images "
+                         f"{p.shape[-2:]}; pass masks of the same patch")
+    d = t - p
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, sel in (("cloudy", cloudy), ("clear", clear)):
+            vals = d[..., sel]
+            n = np.count_nonzero(~np.isnan(vals))
+            out[f"rmse_{name}"] = float(np.sqrt(np.nansum(vals**2) / n)) if n else float("nan")
+            out[f"mae_{name}"] = float(np.nansum(np.abs(vals)) / n) if n else float("nan")
+    out["cloudy_fraction"] = float(cloudy.mean())
+    return out
+
+
+def image_metrics(pred: Any, target: Any, input_masks: Any | None = None) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for one ``(band, H, W)`` image in [0, 1].
+
+    Without ``input_masks`` the cloudy/clear values are NaN.
+    """
+    p, t = _pair(pred, target)
+    err = t - p
+    r = np.sqrt(np.mean(err**2))
+    out = {"rmse": float(r), "mae": float(np.mean(np.abs(err))), "psnr": _psnr(r),
+           "ssim": ssim(p, t)}
+    rad = sam(p, t, degrees=False)
+    out["sam_deg"], out["sam_rad"] = float(np.degrees(rad)), rad
+    if input_masks is None:
+        out.update({k: float("nan") for k in METRICS if k not in out})
+    else:
+        out.update(masked_errors(p, t, input_masks))
+    return out
+
+
+def _metrics_block(pred: np.ndarray, target: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    rows = [image_metrics(pred[i], target[i], None if masks is None else masks[i])
+            for i in range(pred.shape[0])]
+    return np.array([[r[k] for k in METRICS] for r in rows], dtype=np.float64).reshape(
+        pred.shape[0], len(METRICS))
+
+
+def metrics_blocks(pred: Any, target: Any, input_masks: Any | None = None):
+    """Score a stack of images ``(n, band, H, W)``: an ``(n, len(METRICS))`` array.
+
+    Works on NumPy arrays and lazily on dask arrays (one task per block of images along
+    the first axis; the other axes are made single-chunk). ``input_masks`` is
+    ``(n, n_inputs, H, W)`` or ``None``.
+    """
+    import dask.array as da
+
+    if not any(isinstance(a, da.Array) for a in (pred, target, input_masks)):
+        p, t = np.asarray(pred), np.asarray(target)
+        return _metrics_block(p, t, None if input_masks is None else np.asarray(input_masks))
+    p = da.asarray(pred)
+    t = da.asarray(target).rechunk({0: p.chunks[0], 1: -1, 2: -1, 3: -1})
+    p = p.rechunk({1: -1, 2: -1, 3: -1})
+    args = [p, "nbhw", t, "nbhw"]
+    if input_masks is not None:
+        m = da.asarray(input_masks).rechunk({0: p.chunks[0], 1: -1, 2: -1, 3: -1})
+        args += [m, "nkhw"]
+    else:
+        args += [None, None]
+    return da.blockwise(_metrics_block, "nm", *args, new_axes={"m": len(METRICS)},
+                        concatenate=True, dtype=np.float64)

@@ -1,0 +1,115 @@
+"""Faults of the object store on the data path: the server is killed and restarted while a
+reader loops over patches; the retries ride it out and every read returns the right pixels."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from s2cube.storage import parse_location, zarr_store
+from s2cube.testing import SeaweedServer
+
+pytestmark = pytest.mark.s3
+
+P = 32
+SHAPE = (1, 30, 13, 2 * P, 2 * P)
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A server of this module's own: these tests kill it."""
+    with SeaweedServer(tmp_path_factory.mktemp("seaweed-faults")) as server:
+        server.create_bucket("cubes")
+        yield server
+
+
+@pytest.mark.parametrize("backend", ["fsspec", "obstore"])
+def test_reads_survive_a_server_kill_and_restart(own_server, backend):
+    loc = parse_location(f"s3://cubes/{backend}.zarr", own_server.storage_options())
+    data = np.random.default_rng(5).integers(0, 10000, SHAPE, dtype=np.uint16)
+    arr = zarr.create_array(zarr_store(loc, backend=backend), name="s2", shape=SHAPE,
+                            dtype=data.dtype, chunks=(1, 1, 13, P, P), shards=(1, 30, 13, P, P),
+                            fill_value=0)
+    arr[:] = data
+    reader = zarr.open_array(zarr_store(loc, read_only=True, backend=backend), path="s2")
+    results: list[tuple[float, float, bool]] = []  # (start, end, right pixels)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        rng = np.random.default_rng(0)
+        while not stop.is_set():
+            t, r, c = (int(v) for v in rng.integers(0, (30, 2, 2)))
+            window = (0, t, slice(None), slice(r * P, (r + 1) * P), slice(c * P, (c + 1) * P))
+            started = time.monotonic()
+            try:
+                ok = bool(np.array_equal(reader[window], data[window]))
+            except BaseException as exc:  # recorded, the test fails on it below
+                errors.append(exc)
+                return
+            results.append((started, time.monotonic(), ok))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    killed = time.monotonic()
+    own_server.restart(down_for=1.0)  # SIGKILL, 1 s down, start on the same ports
+    back = time.monotonic()
+    deadline = back + 60
+    while (time.monotonic() < deadline and not errors
+           and sum(start > back for start, _, _ in results) < 20):
+        time.sleep(0.1)
+    stop.set()
+    thread.join(60)
+    assert not thread.is_alive(), "the read loop hangs"
+    assert not errors, f"a read failed across the restart: {errors[0]!r}"
+    assert all(ok for _, _, ok in results), "a read returned wrong pixels (fill values?)"
+    assert any(start < killed < end for start, end, _ in results), "no read spanned the outage"
+    assert sum(start > back for start, _, _ in results) >= 20, "reads did not resume"
+
+
+@pytest.mark.slow
+def test_server_killed_mid_conversion_then_the_same_command_gives_the_same_cube(
+        own_server, archive, reference_cube, dask_cluster, same_cube):
+    """SIGKILL the S3 server when the first patch is done, bring it back a second later:
+    the conversion rides it out on retries, or fails and the same command resumes it."""
+    import xarray as xr
+    from dask.distributed import Client
+
+    from s2cube_conversion import convert
+
+    own_server.upload_folder(archive, "cubes", "archive")
+    options = own_server.storage_options()  # explicit: the workers' env points elsewhere
+    cube = "s3://cubes/server-kill/cube.zarr"
+    restarts: list[threading.Thread] = []
+
+    def kill_the_server(done: int, total: int) -> None:
+        if done == 1 and not restarts:
+            own_server.kill()
+            restarts.append(threading.Thread(target=lambda: (time.sleep(1.0),
+                                                             own_server.start())))
+            restarts[0].start()
+
+    with Client(dask_cluster.address) as client:
+        try:
+            first = convert("s3://cubes/archive", cube, storage_options=options, client=client,
+                            progress=kill_the_server)
+            resumed = None
+        except Exception as exc:  # a clear failure is fine: the same command resumes it
+            restarts[0].join(60)
+            assert "Traceback" not in str(exc)
+            first = None
+            resumed = convert("s3://cubes/archive", cube, storage_options=options,
+                              client=client)
+    assert restarts, "the server was never killed"
+    restarts[0].join(60)
+    report = resumed or first
+    assert report.ok and report.patches == 4
+    if resumed is not None:
+        assert resumed.resumed >= 1  # the patch done before the kill was not redone
+    got = xr.open_zarr(zarr_store(parse_location(cube, options), read_only=True), chunks=None)
+    same_cube(got, xr.open_zarr(reference_cube, chunks=None))

@@ -1,0 +1,213 @@
+"""Baselines and evaluation: the reference definitions, hand-checked, lazy, and on a cluster."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+
+import s2cube
+from s2cube import baselines as B
+from s2cube import metrics as M
+from s2cube.io import counting_store
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from xarray.tests import raise_if_dask_computes
+
+
+@pytest.fixture(autouse=True)
+def _local_threads():
+    """Compute on local threads: the session's cluster is exercised in test_baselines."""
+    with dask.config.set(scheduler="threads"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ds(small_cube):
+    return s2cube.open_cube(small_cube)
+
+
+@pytest.fixture(scope="module")
+def plan(ds):
+    return ds.s2cube.sample_plan(split="all", n_input_samples=3)
+
+
+# --- pure NumPy, hand-computed ---------------------------------------------------------
+
+def test_least_cloudy_takes_the_input_with_fewest_cloudy_pixels():
+    inputs = np.stack([np.full((2, 2, 2), v, np.float32) for v in (0.1, 0.2, 0.3)])
+    masks = np.array([np.ones((2, 2)), [[1, 0], [0, 0]], [[1, 1], [0, 0]]])
+    np.testing.assert_array_equal(B.least_cloudy(inputs, masks), inputs[1])
+    assert B.least_cloudy_index(np.zeros((3, 2, 2))) == 0  # ties: the first, as argsort gives
+
+
+def test_mosaic_averages_clear_inputs_and_fills_where_none_is_clear():
+    inputs = np.stack([np.full((1, 1, 3), v) for v in (0.2, 0.4, 0.9)])
+    masks = np.array([[[0, 1, 1]], [[0, 0, 1]], [[1, 0, 1]]])
+    out = B.mosaic(inputs, masks)
+    # pixel 0: inputs 0,1 clear -> 0.3; pixel 1: inputs 1,2 -> 0.65; pixel 2: none -> 0.75
+    np.testing.assert_allclose(out[0, 0], [0.3, 0.65, B.MOSAIC_FILL], rtol=1e-6)
+    assert B.MOSAIC_FILL == pytest.approx((0.5 + 1) / 2)  # the toolbox's 0.5 in [-1, 1]
+
+
+def test_median_of_clear_is_the_median_of_the_clear_values():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 12000, (40, 7), dtype=np.uint16)
+    clear = rng.random((40, 7)) > 0.4
+    clear[0] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN row
+        expected = np.nanmedian(np.where(clear, values.astype(float), np.nan), axis=1)
+    got = B.median_of_clear(values, clear)
+    np.testing.assert_allclose(got, expected, equal_nan=True)
+    assert np.isnan(got[0])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 30])
+def test_the_sorting_network_sorts_like_numpy(n):
+    rng = np.random.default_rng(n)
+    values = rng.integers(0, 65536, (n, 5, 6), dtype=np.uint16)
+    np.testing.assert_array_equal(B.sort_series(values), np.sort(values, axis=0))
+
+
+def test_reflectance_is_the_reference_default_preprocessing():
+    np.testing.assert_allclose(B.to_reflectance([0, 5000, 12000]), [0, 0.5, 1.0])
+
+
+# --- on the cube -----------------------------------------------------------------------------
+
+def _sample_arrays(ds, row, detector="s2cloudless_mask"):
+    p = ds.attrs["patch_size"]
+    sel = dict(roi=row.roi_index, y=slice(row.row * p, (row.row + 1) * p),
+               x=slice(row.col * p, (row.col + 1) * p))
+    inputs = B.to_reflectance(ds.s2.isel(sel).isel(time=list(row.inputs)).values)
+    bits = ds.cloud_mask.isel(sel).isel(time=list(row.inputs)).values
+    masks = ((bits & 1) > 0).astype(np.uint8)
+    target = B.to_reflectance(ds.s2.isel(sel).isel(time=row.target).values)
+    return inputs, masks, target, sel
+
+
+def test_sample_plan_is_the_fixed_sampler_on_the_stored_coverage(ds, plan):
+    from s2cube import sampling
+
+    table = ds.s2cube.patch_table()
+    assert list(plan["patch_id"]) == list(table["patch_id"])
+    cov = ds.coverage.sel(detector="s2cloudless_mask").values
+    series = cov[plan["roi_index"], :, plan["row"], plan["col"]]
+    ref = sampling.fixed(series, 3)
+    assert [list(x) for x in plan["inputs"]] == ref.inputs.tolist()
+    assert list(plan["target"]) == ref.target.tolist()
+
+
+def test_baselines_are_lazy_and_equal_the_numpy_definitions(ds, plan):
+    with raise_if_dask_computes():
+        lc = ds.s2cube.baseline(plan, "least_cloudy")
+        mo = ds.s2cube.baseline(plan, "mosaic")
+    assert lc.dims == ("roi", "band", "y", "x") and lc.dtype == np.float32
+    for k in (0, 5, len(plan) - 1):
+        row = plan.iloc[k]
+        inputs, masks, _, sel = _sample_arrays(ds, row)
+        sel.pop("roi")
+        np.testing.assert_array_equal(lc.isel(roi=row.roi_index, **sel).values,
+                                      B.least_cloudy(inputs, masks))
+        np.testing.assert_allclose(mo.isel(roi=row.roi_index, **sel).values,
+                                   B.mosaic(inputs, masks), rtol=1e-6)
+
+
+def test_baseline_of_part_of_the_cube_is_nan_elsewhere(ds, plan):
+    part = plan[plan["roi"] == "ROIs2017_8"].head(2)
+    pred = ds.s2cube.baseline(part, "mosaic")
+    i = list(ds.roi.values).index("ROIs1868_73")
+    assert np.isnan(pred.isel(roi=i).values).all()
+    assert np.isfinite(pred.sel(roi="ROIs2017_8").values).mean() == pytest.approx(2 / 9)
+
+
+def test_evaluate_scores_each_sample_as_the_reference(ds, plan):
+    pred = ds.s2cube.baseline(plan, "mosaic")
+    result = ds.s2cube.evaluate(pred, plan)
+    assert len(result.samples) == len(plan)
+    for k in (1, len(plan) - 2):
+        row = plan.iloc[k]
+        inputs, masks, target, _ = _sample_arrays(ds, row)
+        expected = M.image_metrics(B.mosaic(inputs, masks), target, masks)
+        got = result.samples.loc[row.name]
+        for metric in M.METRICS:
+            assert got[metric] == pytest.approx(expected[metric], rel=1e-9, nan_ok=True), metric
+    per_region = result.per_region
+    assert set(per_region.index) == {"africa", "asiaEast"} and per_region["n"].sum() == len(plan)
+    means = result.samples.groupby("region")["rmse"].mean()
+    np.testing.assert_allclose(per_region["rmse"], means)
+    assert set(result.per_split.index) == {"test", "train"}
+    assert list(result.per_roi.index.names) == ["split", "region", "roi"]
+
+
+def test_evaluate_takes_any_subset_and_integer_predictions(ds, plan):
+    target_dn = ds.s2.isel(time=0)  # "predict" slot 0 for every patch, as DN
+    sub = ds.s2.isel(time=0).sel(roi=["ROIs1868_73"]).transpose("roi", "band", "y", "x")
+    result = ds.s2cube.evaluate(sub, plan)
+    assert set(result.samples["roi"]) == {"ROIs1868_73"}
+    assert len(result.samples) == int((plan["roi"] == "ROIs1868_73").sum())
+    # a patch whose prediction is NaN everywhere was not predicted: left out
+    pred = ds.s2cube.baseline(plan.iloc[[0, 3]], "least_cloudy")
+    assert list(ds.s2cube.evaluate(pred, plan).samples.index) == list(plan.index[[0, 3]])
+    assert target_dn.dtype == np.uint16
+
+
+def test_evaluate_reads_only_the_chunks_of_its_samples(small_cube, plan):
+    from zarr.storage import LocalStore
+
+    store, counter = counting_store(LocalStore(str(small_cube), read_only=True))
+    ds = s2cube.open_cube(store)
+    two = plan.head(2)
+    pred = ds.s2cube.baseline(two, "least_cloudy")
+    ds.s2cube.evaluate(pred, two)  # on local threads: counted in this process
+    s2_reads = counter.by_array["s2"]
+    p = ds.attrs["patch_size"]
+    # per sample: 3 inputs for the baseline, 1 target; each well under a raw chunk
+    assert s2_reads < 2 * 4 * 13 * p * p * 2
+    assert counter.requests < 60
+
+
+def test_plan_must_name_cells_with_patches(ds):
+    bad = pd.DataFrame({"roi": ["ROIs2017_8"], "row": [0], "col": [0], "inputs": [(0, 1)],
+                        "target": [2], "patch_id": [-1]})
+    with pytest.raises(ValueError, match="no patch"):
+        B.as_plan(ds, bad)
+    with pytest.raises(ValueError, match="lacks column"):
+        B.as_plan(ds, pd.DataFrame({"roi": ["ROIs2017_8"]}))
+
+
+def test_composite_is_the_median_of_clear_pixels(small_cube, ds):
+    shards = s2cube.open_cube(small_cube, chunks="shard")  # whole series per chunk: 6x faster
+    with raise_if_dask_computes():
+        comp = shards.s2cube.composite("s2cloudless_mask")
+    assert comp.data.chunksize == (1, 13, ds.attrs["patch_size"], ds.attrs["patch_size"])
+    assert comp.dims == ("roi", "band", "y", "x")
+    i = 1
+    dn = ds.s2.isel(roi=i).values.astype(float)
+    p = ds.attrs["patch_size"]
+    ok = (ds.valid_s2 & ~ds.blank).isel(roi=i).values.repeat(p, 1).repeat(p, 2)
+    clear = ok & ((ds.cloud_mask.isel(roi=i).values & 1) == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = np.nanmedian(np.where(clear[:, None], dn, np.nan), axis=0) / 10000
+    np.testing.assert_allclose(comp.isel(roi=i).values, expected, rtol=1e-6, equal_nan=True)
+
+
+def test_analyses_run_unchanged_on_a_distributed_cluster(small_cube, ds, plan, dask_client):
+    """The session's LocalCluster (2 worker processes) gives the local scheduler's numbers."""
+    shards = s2cube.open_cube(small_cube, chunks="shard")
+    pred = ds.s2cube.baseline(plan, "mosaic")
+    comp = shards.s2cube.sel_roi(["ROIs2017_8"]).s2cube.composite()
+    cloudy = ds.s2cube.cloudiness(by=("region", "month"))
+    local = (B.evaluate(ds, pred, plan).samples, comp.compute(), cloudy.compute())
+    with dask.config.set(scheduler="dask.distributed"):  # the session's client
+        on_cluster = (B.evaluate(ds, pred, plan).samples, comp.compute(), cloudy.compute())
+    pd.testing.assert_frame_equal(on_cluster[0], local[0])
+    np.testing.assert_array_equal(on_cluster[1].values, local[1].values)
+    assert on_cluster[2].identical(local[2])
+    assert len(dask_client.scheduler_info()["workers"]) == 2
