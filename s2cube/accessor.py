@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import xarray as xr
 
-from s2cube import baselines, georef, indices, quicklook, select, stats
+from s2cube import baselines, georef, indices, quicklook, samples, select, stats
 
 
 @xr.register_dataset_accessor("s2cube")
@@ -57,6 +57,11 @@ class S2CubeAccessor:
     def roi(self, name: str) -> xr.Dataset:
         """One ROI on its own grid with real x/y and its CRS written the rioxarray way."""
         return georef.roi(self._ds, name)
+
+    # training ---------------------------------------------------------------------------
+    def batches(self, cube: Any = None, **options: Any):
+        """Seq2point/seq2seq NumPy batches straight from the store (see ``samples.iter_batches``)."""
+        return samples.dataset_batches(self._ds, cube, **options)
 
     # masks and statistics ---------------------------------------------------------------
     def reflectance(self, clip: bool = False) -> xr.DataArray:

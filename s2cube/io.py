@@ -82,7 +82,10 @@ def open_cube(
     except Exception as exc:
         raise _translated(exc, loc) from None
     _check(dict(ds.attrs), where, allow_incomplete)
-    return _finish(ds)
+    ds = _finish(ds)
+    if loc is not None:  # where the fast paths (``ds.s2cube.batches``) read from; no secrets
+        ds.encoding["s2cube_url"] = loc.url
+    return ds
 
 
 def _store(url: Any, storage_options: dict[str, Any] | None) -> tuple[Any, Location | None]:

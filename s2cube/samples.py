@@ -524,3 +524,15 @@ def iter_batches(cube: Any, *, split: str = "train", region: str = "all",
             yield maker.read_batch(order[i:i + batch_size], epoch)
     finally:
         maker.close()
+
+
+def dataset_batches(ds: Any, cube: Any = None, **options: Any):
+    """:func:`iter_batches` for a Dataset opened by :func:`s2cube.open_cube` (its URL is known).
+
+    The batches bypass xarray and dask: the Dataset only says where the cube is.
+    """
+    url = cube if cube is not None else ds.encoding.get("s2cube_url")
+    if url is None:
+        raise ValueError("this Dataset does not know where its cube is (open it with "
+                         "s2cube.open_cube(url)); or pass cube=URL")
+    return iter_batches(url, **options)

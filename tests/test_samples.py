@@ -91,3 +91,26 @@ def test_crops_outside_the_patch_are_refused_with_the_patch_size(meta):
     with pytest.raises(ValueError, match="crop=17 must be between 1 and the patch size 16"):
         rd.read([0], [0], [0], np.zeros((1, 1), np.int64), crop=17)
     rd.close()
+
+
+def test_accessor_batches_stream_from_the_cube_it_was_opened_from(small_cube):
+    import s2cube
+
+    ds = s2cube.open_cube(small_cube)
+    batch = next(iter(ds.s2cube.batches(split="all", batch_size=2, sampler="fixed",
+                                        shuffle=False)))
+    direct = next(iter(samples.iter_batches(str(small_cube), split="all", batch_size=2, sampler="fixed",
+                                    shuffle=False)))
+    assert batch.keys() == direct.keys()
+    for key in batch:
+        if isinstance(batch[key], np.ndarray):
+            np.testing.assert_array_equal(batch[key], direct[key])
+
+
+def test_accessor_batches_needs_to_know_the_cube(small_cube):
+    import xarray as xr
+
+    import s2cube  # noqa: F401  (registers the accessor)
+
+    with pytest.raises(ValueError, match="open_cube"):
+        xr.open_zarr(small_cube).s2cube.batches()
