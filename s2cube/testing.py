@@ -19,7 +19,8 @@ off, and enforces credentials through its ``-s3.config`` file: an ``admin`` iden
 (read/write), a ``reader`` identity (read and list only) and anonymous read on the
 buckets named in ``public_buckets``. Secrets are random per server. The process is
 stopped with SIGTERM, then SIGKILL after a grace period, on exit from the ``with``
-block, at interpreter exit, and (Linux) when the thread that started it dies.
+block and at interpreter exit; on Linux it is also killed if the process that started it
+(from its main thread) dies.
 """
 
 from __future__ import annotations
@@ -321,7 +322,7 @@ class SeaweedServer:
         try:
             self.proc = subprocess.Popen(
                 self._args(), cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_death_signal())
         finally:
             log.close()
         _LIVE.add(self)
@@ -443,7 +444,7 @@ class DaskProcessCluster:
         try:
             self.procs.append(subprocess.Popen(
                 args, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent))
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_death_signal()))
         finally:
             log.close()
         _LIVE.add(self)
@@ -457,6 +458,18 @@ def _stop_all() -> None:
     for server in list(_LIVE):
         with contextlib.suppress(Exception):
             server.stop()
+
+
+def _death_signal():
+    """``preexec_fn`` that makes Linux SIGKILL the child when its parent dies.
+
+    Linux ties it to the *thread* that forks, so it is only set from the main thread:
+    a server started (or restarted) from a worker thread would die with that thread.
+    Such servers rely on :meth:`stop` and the interpreter-exit hook instead.
+    """
+    import threading
+
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child

@@ -86,12 +86,19 @@ def test_server_killed_mid_conversion_then_the_same_command_gives_the_same_cube(
     options = own_server.storage_options()  # explicit: the workers' env points elsewhere
     cube = "s3://cubes/server-kill/cube.zarr"
     restarts: list[threading.Thread] = []
+    restart_errors: list[BaseException] = []
+
+    def restart_later() -> None:
+        try:
+            time.sleep(1.0)
+            own_server.start()
+        except BaseException as exc:
+            restart_errors.append(exc)
 
     def kill_the_server(done: int, total: int) -> None:
         if done == 1 and not restarts:
             own_server.kill()
-            restarts.append(threading.Thread(target=lambda: (time.sleep(1.0),
-                                                             own_server.start())))
+            restarts.append(threading.Thread(target=restart_later, daemon=True))
             restarts[0].start()
 
     with Client(dask_cluster.address) as client:
@@ -99,15 +106,16 @@ def test_server_killed_mid_conversion_then_the_same_command_gives_the_same_cube(
             first = convert("s3://cubes/archive", cube, storage_options=options, client=client,
                             progress=kill_the_server)
             resumed = None
-        except Exception as exc:  # a clear failure is fine: the same command resumes it
+        except Exception:  # the same command resumes it, once the server is back
             restarts[0].join(60)
-            assert "Traceback" not in str(exc)
+            assert not restart_errors and own_server.pid, restart_errors
             first = None
             resumed = convert("s3://cubes/archive", cube, storage_options=options,
                               client=client)
     assert restarts, "the server was never killed"
     restarts[0].join(60)
     report = resumed or first
+    print("conversion", "resumed by a second run" if resumed else "rode out the restart")
     assert report.ok and report.patches == 4
     if resumed is not None:
         assert resumed.resumed >= 1  # the patch done before the kill was not redone
