@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-s3 test lint bench clean
+.PHONY: setup demo demo-s3 test test-s3 lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -23,8 +23,14 @@ demo: setup
 	$(BIN)/s2cube validate $(DEMO)/archive $(DEMO)/cube.zarr
 	$(BIN)/s2cube info $(DEMO)/cube.zarr
 
+demo-s3: setup
+	$(PY) -m s2cube.testing demo $(DEMO)-s3
+
 test: setup
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-s3: setup
+	$(BIN)/pytest -q -m s3 tests/s3
 
 lint: setup
 	$(BIN)/ruff check .

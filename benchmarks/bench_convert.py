@@ -159,7 +159,25 @@ def bench_scaling(tmp: Path, patch: int = 128) -> dict:
             cluster.close()
     out["speedup"] = out["workers_1_s"] / out["workers_2_s"]
     out["patches"], out["frames"] = 16, 16 * 30
+    # the hardware limit, measured in the same run: the same pure-CPU work in 1 and 2 processes
+    one, two = _cpu_loop_seconds(1), _cpu_loop_seconds(2)
+    out["hardware_speedup"] = 2 * one / two
+    out["efficiency_vs_hardware"] = out["speedup"] / out["hardware_speedup"]
     return out
+
+
+_LOOP = "x = 0\nfor i in range(15_000_000):\n    x += i * i\n"
+
+
+def _cpu_loop_seconds(n: int) -> float:
+    """Wall time of ``n`` processes each running the same CPU-bound loop at once."""
+    import subprocess
+
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", _LOOP]) for _ in range(n)]
+    for p in procs:
+        p.wait()
+    return time.perf_counter() - t
 
 
 # --- memory --------------------------------------------------------------------------------

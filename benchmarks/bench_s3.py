@@ -1,18 +1,26 @@
-"""S3 backends side by side: fsspec (s3fs) vs obstore for the cube's sharded zarr arrays.
+"""S3 backends side by side: fsspec (s3fs) vs obstore, for what s2cube does on S3.
 
-    .venv/bin/python benchmarks/bench_s3.py [--patch 96] [--grid 3] [--repeat 3] [--json out.json]
+    .venv/bin/python benchmarks/bench_s3.py [zarr] [objects] [convert]
+        [--patch 96] [--grid 3] [--repeat 3] [--json out.json]
 
-Starts SeaweedFS (``weed mini``, loopback only) and measures, per backend, on an array
-shaped like the cube's ``s2`` (shard = one patch's 30 slots x 13 bands, inner chunk = one
-slot), with the converter's codec, pixels cut from the real L1C scenes when present:
+Starts SeaweedFS (``weed mini``, loopback only; its startup time is measured too) and
+measures, per backend (``s2cube.storage`` with ``backend="fsspec"`` or ``"obstore"``):
 
-- write:  every shard (one PUT each), MB/s of raw pixels;
-- read:   the whole array, MB/s of raw pixels;
-- sample: one inner chunk (one patch at one slot, all bands) at a time in random order,
-          as the loader reads: ms per sample (a byte-range GET, shard index cached);
-- open:   opening the array from a fresh store, ms.
+- zarr:    an array shaped like the cube's ``s2`` (shard = one patch's 30 slots x 13
+           bands, inner chunk = one slot), the converter's codec, pixels cut from the real
+           L1C scenes when present:
+           write  every shard (one PUT each), MB/s of raw pixels;
+           read   the whole array, MB/s of raw pixels;
+           sample one inner chunk (one patch, one slot, all bands) at a time in random
+                  order, as the loader reads: ms per sample (byte-range GETs);
+           open   opening the array from a fresh store, ms.
+- objects: ``filesystem(loc).cat`` of 60 GeoTIFF-sized objects (one patch's series, as
+           the converter reads them): ms per object.
+- convert: the converter, S3 -> S3 vs local -> local, on one in-process dask worker,
+           without cloud detection (the I/O path only) and with it (the default):
+           patches/s and the S3/local ratio.
 
-Also the server's startup time. Medians of ``--repeat`` runs; backends alternate.
+Medians of ``--repeat`` runs; backends alternate.
 """
 
 from __future__ import annotations
@@ -98,44 +106,120 @@ def bench_backend(server, backend: str, data: np.ndarray, patch: int, run: int) 
             "open_ms": 1e3 * opened}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--patch", type=int, default=96)
-    ap.add_argument("--grid", type=int, default=3)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+def bench_objects(server, backend: str, run: int, n: int = 60, size: int = 200_000) -> dict:
+    from s2cube.storage import filesystem, parse_location
 
-    from s2cube.testing import SeaweedServer
+    loc = parse_location(f"s3://bench/objects-{backend}-{run}", server.storage_options())
+    fs = filesystem(loc, backend=backend)
+    blob = np.random.default_rng(run).integers(0, 255, size, dtype=np.uint8).tobytes()
+    paths = [f"{loc.path}/f{i}.tif" for i in range(n)]
+    t0 = time.perf_counter()
+    for p in paths:
+        fs.pipe_file(p, blob)
+    put = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    got = fs.cat(paths)
+    get = (time.perf_counter() - t0) / n
+    if any(v != blob for v in got.values()):
+        raise SystemExit(f"{backend}: objects read back differ")
+    return {"put_ms": 1e3 * put, "cat_ms": 1e3 * get}
 
-    data = pixels(args.patch, args.grid)
-    starts = []
-    for _ in range(3):
-        with SeaweedServer() as s:
-            starts.append(s.startup_seconds)
-    results: dict[str, list[dict]] = {b: [] for b in BACKENDS}
-    with SeaweedServer() as server:
-        server.create_bucket("bench")
-        for run in range(args.repeat):
-            order = BACKENDS if run % 2 == 0 else BACKENDS[::-1]
-            for backend in order:
-                results[backend].append(bench_backend(server, backend, data, args.patch, run))
+
+def bench_convert(server, tmp: Path, runs: int, clouds: bool) -> dict:
+    import os
+
+    from dask.distributed import Client
+
+    from s2cube_conversion import convert
+    from s2cube_conversion.synth import synthesize_archive
+
+    archive = tmp / "archive"
+    if not archive.exists():
+        synthesize_archive(archive, rois=("ROIs1868_73",), grid=(3, 3), patch_size=64, seed=0)
+        server.upload_folder(archive, "bench", "archive")
+    tag = "clouds" if clouds else "io"
+    opts = server.storage_options()
+    out: dict[str, list[float]] = {"local": [], "fsspec": [], "obstore": []}
+    with Client(processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=None) as client:
+        convert(archive, tmp / f"warm-{tag}.zarr", client=client, clouds=clouds)
+        for run in range(runs):
+            for kind in ("local", "fsspec", "obstore"):
+                os.environ["S2CUBE_STORAGE_BACKEND"] = "fsspec" if kind == "fsspec" else "obstore"
+                t0 = time.perf_counter()
+                if kind == "local":
+                    report = convert(archive, tmp / f"{tag}-{run}.zarr", client=client,
+                                     clouds=clouds)
+                else:
+                    report = convert("s3://bench/archive", f"s3://bench/{tag}-{kind}-{run}.zarr",
+                                     client=client, clouds=clouds, storage_options=opts)
+                out[kind].append(report.patches / (time.perf_counter() - t0))
+    os.environ.pop("S2CUBE_STORAGE_BACKEND", None)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def _table(title: str, results: dict[str, list[dict]]) -> dict:
     table = {b: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
              for b, rs in results.items()}
-
-    print(f"SeaweedFS weed mini startup (S3 port answering): "
-          f"median {statistics.median(starts):.2f} s of {[round(s, 2) for s in starts]}")
-    print(f"array {data.shape} uint16 = {data.nbytes / 1e6:.1f} MB raw, "
-          f"{args.grid**2} shards of {args.patch} px; medians of {args.repeat} runs")
-    cols = ("write_MBps", "read_MBps", "sample_ms", "open_ms")
+    cols = list(next(iter(table.values())))
+    print(f"\n{title}")
     print(f"{'backend':<10}" + "".join(f"{c:>13}" for c in cols))
     for b in BACKENDS:
         print(f"{b:<10}" + "".join(f"{table[b][c]:>13.1f}" for c in cols))
     ratio = {c: table["obstore"][c] / table["fsspec"][c] for c in cols}
     print(f"{'obs/fss':<10}" + "".join(f"{ratio[c]:>13.2f}" for c in cols))
+    return table
+
+
+def main() -> None:
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("sections", nargs="*", choices=["zarr", "objects", "convert", []])
+    ap.add_argument("--patch", type=int, default=96)
+    ap.add_argument("--grid", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    args.sections = args.sections or ["zarr", "objects", "convert"]
+
+    from s2cube.testing import SeaweedServer
+
+    report: dict = {}
+    starts = []
+    for _ in range(3):
+        with SeaweedServer() as s:
+            starts.append(s.startup_seconds)
+    report["startup_s"] = starts
+    print(f"SeaweedFS weed mini startup (S3 port answering): "
+          f"median {statistics.median(starts):.2f} s of {[round(s, 2) for s in starts]}")
+    with SeaweedServer() as server, tempfile.TemporaryDirectory() as tmp:
+        server.create_bucket("bench")
+        if "zarr" in args.sections:
+            data = pixels(args.patch, args.grid)
+            zres: dict[str, list[dict]] = {b: [] for b in BACKENDS}
+            for run in range(args.repeat):
+                for backend in BACKENDS if run % 2 == 0 else BACKENDS[::-1]:
+                    zres[backend].append(bench_backend(server, backend, data, args.patch, run))
+            report["zarr"] = _table(
+                f"zarr: array {data.shape} uint16 = {data.nbytes / 1e6:.1f} MB raw, "
+                f"{args.grid**2} shards of {args.patch} px; medians of {args.repeat} runs", zres)
+        if "objects" in args.sections:
+            ores: dict[str, list[dict]] = {b: [] for b in BACKENDS}
+            for run in range(args.repeat):
+                for backend in BACKENDS if run % 2 == 0 else BACKENDS[::-1]:
+                    ores[backend].append(bench_objects(server, backend, run))
+            report["objects"] = _table("objects: 60 x 200 kB through filesystem(loc)", ores)
+        if "convert" in args.sections:
+            for clouds in (False, True):
+                conv = bench_convert(server, Path(tmp), args.repeat, clouds)
+                report[f"convert_clouds={clouds}"] = conv
+                print(f"\nconvert: 1 ROI x 3x3 patches x 30 slots, 64 px, "
+                      f"{'with' if clouds else 'without'} cloud detection, 1 in-process worker")
+                for kind, rate in conv.items():
+                    print(f"{kind:<10}{rate:>10.2f} patches/s {rate / conv['local']:>6.2f} x local")
     if args.json:
-        args.json.write_text(json.dumps({"startup_s": starts, "results": results,
-                                         "median": table}, indent=1))
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from s2cube import __version__, schema
 from s2cube.errors import ConversionError
-from s2cube.storage import Location, parse_location, redact
+from s2cube.storage import Location, check_access, parse_location, redact
 from s2cube_conversion.discover import Problem, discover
 from s2cube_conversion.patch import Job, convert_patch
 from s2cube_conversion.plan import PatchTask, plan
@@ -100,6 +100,10 @@ def convert(
     started = time.perf_counter()
     src = parse_location(source, source_storage_options or storage_options)
     dst = parse_location(cube, storage_options)
+    if not src.is_local:  # object stores: a wrong credential or bucket fails here, in seconds
+        check_access(src)
+    if not dst.is_local:
+        check_access(dst, write=True)
     check_target(dst)  # fail fast, before reading any header
     inventory = discover(src, rois=(selection or Selection()).roi_names(), s1=s1)
     the_plan = plan(inventory, src)
@@ -232,6 +236,8 @@ def _run_tasks(client, job: Job, todo: list[PatchTask], progress, storage_option
         if fut.status == "error":
             exc = fut.exception()
             failures.append(Problem(fut.key, redact(f"{type(exc).__name__}: {exc}", storage_options)))
+        elif fut.status != "finished":  # cancelled or lost with its worker: say so, never skip
+            failures.append(Problem(fut.key, f"task {fut.status} (a worker was lost?)"))
         fut.release()
         nxt = next(pending, None)
         if nxt is not None:

@@ -96,8 +96,7 @@ def check_target(cube: Location) -> dict | None:
     """
     meta = read_root(cube)
     if meta is None:
-        fs = filesystem(cube)
-        if fs.exists(cube.path) and fs.ls(cube.path):
+        if _holds_anything(cube):
             raise NotACubeError(f"{cube.url} exists and is not an s2cube cube; choose a new "
                                 "path for the cube or delete what is there")
         return None
@@ -109,6 +108,17 @@ def check_target(cube: Location) -> dict | None:
         raise NotACubeError(f"{cube.url} has schema version {attrs['schema_version']}, this "
                             f"s2cube writes {schema.SCHEMA_VERSION}; convert into a new cube")
     return attrs
+
+
+def _holds_anything(cube: Location) -> bool:
+    """Whether objects other than folder markers and write probes are below ``cube``."""
+    fs = filesystem(cube)
+    try:
+        found = fs.find(cube.path, maxdepth=3, withdirs=False)
+    except FileNotFoundError:
+        return False
+    own = cube.path.rstrip("/")
+    return any(p.rstrip("/") != own and ".s2cube-write-probe-" not in p for p in found)
 
 
 def begin(
@@ -142,8 +152,14 @@ def begin(
                   "grids": [asdict(g) for g in records], schema.ATTR_STATE: schema.STATE_WRITING}
     store = zarr_store(cube)
     if existing is None:
-        zarr.open_group(store, mode="w-", zarr_format=3, attributes=root_attrs)
-    else:
+        try:
+            zarr.open_group(store, mode="w-", zarr_format=3, attributes=root_attrs)
+        except (FileExistsError, zarr.errors.ContainsGroupError) as exc:
+            # another conversion created the cube a moment ago: both write identical data
+            if check_target(cube) is None:
+                raise ConversionError(f"{cube.url} appeared while starting; run again") from exc
+            existing = root_attrs
+    if existing is not None:
         meta = read_root(cube) or {}
         meta.pop("consolidated_metadata", None)
         meta["attributes"] = root_attrs

@@ -31,6 +31,19 @@ def _options(pairs: tuple[str, ...]) -> dict | None:
     return out or None
 
 
+def _storage_failure(exc: OSError, urls: tuple[str, ...], options: dict | None) -> Exception:
+    """An object-store failure as a :class:`StorageError` naming what to fix, if it is one."""
+    from s2cube.storage import parse_location, storage_error
+
+    for url in urls:
+        loc = parse_location(url, options)
+        if not loc.is_local:
+            err = storage_error(exc, loc, action="write" if url == urls[-1] else "read")
+            if err is not None:
+                return err
+    return exc
+
+
 def _fail(exc: Exception, options: dict | None = None) -> None:
     from s2cube.storage import redact
 
@@ -132,6 +145,12 @@ def convert(source, cube, split, region, rois, no_s1, scheduler, workers, thread
     except S2CubeError as exc:
         bar.close()
         _fail(exc, options)
+    except OSError as exc:
+        bar.close()
+        err = _storage_failure(exc, (source, cube), options)
+        if err is exc:
+            raise
+        _fail(err, options)
     bar.close()
     for path in report.skipped_files:
         click.echo(f"notice: skipped {path} (not a .tif)", err=True)

@@ -15,6 +15,7 @@ as the AWS CLI does. The same settings drive both backends: fsspec (s3fs) and ob
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -31,10 +32,12 @@ logger = logging.getLogger(__name__)
 
 Backend = Literal["fsspec", "obstore"]
 
-#: The zarr store backend for object stores. obstore (Rust, object_store) measured faster
-#: than s3fs on the loopback SeaweedFS for sharded zarr: see ``benchmarks/bench_s3.py``
-#: and BENCHMARKS.md (reads of single inner chunks are byte-range GETs, where obstore's
-#: lower per-request overhead counts most). ``S2CUBE_STORAGE_BACKEND`` overrides it.
+#: The backend for S3. obstore (Rust, object_store) measured faster than s3fs for all
+#: s2cube does on the loopback SeaweedFS (``benchmarks/bench_s3.py``, BENCHMARKS.md):
+#: writing sharded zarr ~1.4x the throughput, a loader sample (a byte-range GET) ~0.7x
+#: the time, small whole-object GETs (the converter's GeoTIFFs) ~0.3x the time, S3->S3
+#: conversion 0.82x local speed vs 0.56x with s3fs. Its per-request cost is ~1 ms of Rust
+#: where s3fs spends several ms of Python. ``S2CUBE_STORAGE_BACKEND`` overrides it.
 DEFAULT_BACKEND: Backend = "obstore"
 
 #: Data path: transient errors (connection refused or reset, timeouts, 5xx, throttling)
@@ -154,6 +157,9 @@ def s3_settings(options: dict[str, Any] | None = None) -> S3Settings:
 @functools.lru_cache(maxsize=32)
 def _resolve(frozen: str, env: tuple) -> S3Settings:
     opts = json.loads(frozen)
+    quick = _resolve_without_botocore(opts)
+    if quick is not None:
+        return quick
     ck = opts.get("client_kwargs") or {}
     import botocore.session
 
@@ -175,6 +181,34 @@ def _resolve(frozen: str, env: tuple) -> S3Settings:
     _remember_secret(frozen_creds.secret_key, frozen_creds.token)
     return S3Settings(endpoint, region, False, _describe_method(creds.method, session),
                       frozen_creds.access_key, frozen_creds.secret_key, frozen_creds.token)
+
+
+def _resolve_without_botocore(opts: dict[str, Any]) -> S3Settings | None:
+    """The settings when options and environment name endpoint and credentials outright.
+
+    Saves importing botocore (~0.2 s) when opening a cube; profiles, config files and
+    AWS proper (no endpoint) go through botocore.
+    """
+    ck = opts.get("client_kwargs") or {}
+    env = os.environ
+    endpoint = (opts.get("endpoint_url") or ck.get("endpoint_url")
+                or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"))
+    if not endpoint or opts.get("profile") or env.get("AWS_PROFILE"):
+        return None
+    region = (ck.get("region_name") or opts.get("region") or env.get("AWS_REGION")
+              or env.get("AWS_DEFAULT_REGION") or "us-east-1")
+    if opts.get("anon"):
+        return S3Settings(endpoint, region, True, "anonymous access (anon=True)")
+    key = opts.get("key") or opts.get("username") or ck.get("aws_access_key_id")
+    secret = opts.get("secret") or opts.get("password") or ck.get("aws_secret_access_key")
+    if key and secret:
+        return S3Settings(endpoint, region, False, "storage_options key/secret", key, secret,
+                          opts.get("token") or ck.get("aws_session_token"))
+    if not key and not secret and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return S3Settings(endpoint, region, False, _describe_method("env", None),
+                          env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                          env.get("AWS_SESSION_TOKEN"))
+    return None
 
 
 def _session_endpoint(session) -> str | None:
@@ -317,13 +351,13 @@ def _fast_s3fs_class():
     import s3fs
 
     class FastS3FileSystem(s3fs.S3FileSystem):
-        """s3fs whose whole-object GETs and PUTs go through obstore.
+        """s3fs whose GETs (whole objects and byte ranges) and PUTs go through obstore.
 
-        Reading the archive's GeoTIFFs and writing the journal are thousands of small
-        requests; s3fs spends ~10 ms of Python per request (and a HEAD before each GET),
-        obstore ~1 ms (``benchmarks/bench_s3.py``). Listings, ``info``, ranges and deletes
-        stay s3fs's. Errors come back as s3fs's would: ``FileNotFoundError``,
-        ``PermissionError``.
+        Reading the archive's GeoTIFFs, the journal and the loader's byte ranges are many
+        small requests; s3fs spends several ms of Python on each (and a HEAD before each
+        whole-object GET), obstore about 1 ms (``benchmarks/bench_s3.py``). Listings,
+        ``info``, deletes, versioned and odd ranges stay s3fs's. Errors come back as
+        s3fs's would: ``FileNotFoundError``, ``PermissionError``.
         """
 
         _PUT_LIMIT = 64 * 2**20  # bigger payloads take s3fs's multipart upload
@@ -338,13 +372,18 @@ def _fast_s3fs_class():
 
         async def _cat_file(self, path, version_id=None, start=None, end=None, **kwargs):
             bucket, key, vers = self.split_path(path)
-            if version_id or vers or start is not None or end is not None or not key:
+            options = _range_options(start, end)
+            if version_id or vers or not key or options is None:
                 return await super()._cat_file(path, version_id=version_id, start=start,
                                                end=end, **kwargs)
             import obstore
 
             try:
-                resp = await obstore.get_async(self._obstore(bucket), key)
+                store = self._obstore(bucket)
+                if "bounded" in options:
+                    got = await obstore.get_range_async(store, key, start=start, end=end)
+                    return got.to_bytes()
+                resp = await obstore.get_async(store, key, options=options)
                 return (await resp.bytes_async()).to_bytes()
             except Exception as exc:
                 _reraise_as_os_error(exc, path)
@@ -367,6 +406,17 @@ def _fast_s3fs_class():
     return FastS3FileSystem
 
 
+def _range_options(start: int | None, end: int | None) -> dict | None:
+    """obstore GET options for an fsspec ``start``/``end`` (``None``: leave it to s3fs)."""
+    if start is None and end is None:
+        return {}
+    if end is None:
+        return {"range": {"offset": start}} if start >= 0 else {"range": {"suffix": -start}}
+    if start is not None and 0 <= start < end:
+        return {"bounded": True}
+    return None
+
+
 def _reraise_as_os_error(exc: Exception, path: str) -> None:
     """Raise obstore's not-found and access errors as the ``OSError`` kinds fsspec callers
     expect (``FileNotFoundError``, ``PermissionError``); anything else as it is."""
@@ -375,6 +425,8 @@ def _reraise_as_os_error(exc: Exception, path: str) -> None:
         raise FileNotFoundError(path) from exc
     if name in ("PermissionDeniedError", "UnauthenticatedError"):
         raise PermissionError(f"{path}: {_short(exc)}") from exc
+    if "416 Range Not Satisfiable" in str(exc):
+        raise OSError(errno.EINVAL, "The requested range is not satisfiable", path) from exc
     raise exc
 
 

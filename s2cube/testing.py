@@ -479,3 +479,86 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
         with contextlib.suppress(Exception):
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# --- command line: a throwaway S3 server, and the whole job against it ----------------
+
+
+def _serve(args) -> None:
+    """Run a server until Ctrl-C; write its AWS variables to a file to ``source``."""
+    with SeaweedServer(public_buckets=(args.bucket + "-public",)) as server:
+        for bucket in (args.bucket, args.bucket + "-public"):
+            server.create_bucket(bucket)
+        env_file = server.root / "aws.env"
+        env_file.write_text("".join(f"export {k}={v}\n" for k, v in server.env().items()))
+        env_file.chmod(0o600)
+        ro_file = server.root / "aws-readonly.env"
+        ro_file.write_text("".join(f"export {k}={v}\n" for k, v in server.env("reader").items()))
+        ro_file.chmod(0o600)
+        print(f"SeaweedFS S3 at {server.endpoint_url} (127.0.0.1 only), buckets "
+              f"s3://{args.bucket} and s3://{args.bucket}-public (anonymous read).\n"
+              f"  source {env_file}            # read/write credentials\n"
+              f"  source {ro_file}   # read-only credentials\n"
+              "Ctrl-C stops it and deletes its data.", flush=True)
+        signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # after the server was spawned
+        signal.sigwait(signals)
+        print("stopping", flush=True)
+
+
+_FRESH_OPEN = """
+import json, sys
+import xarray as xr
+cfg = json.load(sys.stdin)
+ds = xr.open_zarr(cfg["url"], storage_options=cfg["options"])
+assert not [m for m in sys.modules if m.startswith("s2cube")], "s2cube was imported"
+print(ds)
+"""
+
+
+def _demo(args) -> None:
+    """Synthesize an archive, upload it, convert S3 -> S3 with the CLI, open it with xarray."""
+    out = Path(args.directory)
+    exe = str(Path(sys.executable).parent / "s2cube")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+    def run(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> None:
+        shown = [c if "\n" not in c else "'<script>'" for c in cmd]
+        print("$", " ".join(shown), flush=True)  # credentials live in env, never in cmd
+        subprocess.run(cmd, env={**base, **env}, input=stdin, text=True, check=True)
+
+    shutil.rmtree(out, ignore_errors=True)
+    run([exe, "synth", str(out / "archive"), "--roi", "ROIs1868_73", "--grid", "2x2",
+         "--patch-size", "64", "--seed", "0"], {})
+    with SeaweedServer() as server:
+        server.create_bucket("s2cube")
+        n = server.upload_folder(out / "archive", "s2cube", "archive")
+        print(f"uploaded {n} files to s3://s2cube/archive on {server.endpoint_url}", flush=True)
+        cube = "s3://s2cube/cube.zarr"
+        run([exe, "convert", "s3://s2cube/archive", cube, "--workers", "2"], server.env("admin"))
+        run([exe, "info", cube], server.env("reader"))
+        print("# xr.open_zarr(url, storage_options=...) in a process without s2cube:",
+              flush=True)
+        run([sys.executable, "-c", _FRESH_OPEN], {},
+            json.dumps({"url": cube, "options": server.storage_options("reader")}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m s2cube.testing serve|demo``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m s2cube.testing",
+                                 description="A local SeaweedFS S3 server for trying s2cube.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run a server until Ctrl-C")
+    serve.add_argument("--bucket", default="s2cube")
+    serve.set_defaults(func=_serve)
+    demo = sub.add_parser("demo", help="the whole job on a throwaway server")
+    demo.add_argument("directory", help="where the synthetic archive goes")
+    demo.set_defaults(func=_demo)
+    args = ap.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -180,9 +180,6 @@ CONVERT_ERRORS = {
 }
 
 
-@pytest.mark.xfail(reason="needs s2cube.storage.check_access() at the start of convert() and "
-                          "storage_error() in the CLI (asked of the converter's author)",
-                   strict=False)
 @pytest.mark.parametrize("case", list(CONVERT_ERRORS))
 def test_conversion_refuses_clearly_and_fast(seaweed, s3_archive, cli, case):
     extra, cube, hint = CONVERT_ERRORS[case]

@@ -74,10 +74,16 @@ def test_filesystem_speaks_fsspec_whatever_the_backend(seaweed, prefix, monkeypa
         base = f"{loc.path}/{backend}"
         fs.pipe_file(f"{base}/a.tif", b"abc")
         assert fs.cat_file(f"{base}/a.tif") == b"abc"
+        fs.pipe_file(f"{base}/r.bin", bytes(range(100)))  # byte ranges, as the loader reads
+        ranges = [(10, 20), (90, 200), (-10, None), (95, None), (-200, None), (0, -10)]
+        got = fs.cat_ranges([f"{base}/r.bin"] * len(ranges), *zip(*ranges))
+        assert got == [bytes(range(100))[slice(a, b)] for a, b in ranges]
+        with pytest.raises(OSError, match="not satisfiable"):
+            fs.cat_file(f"{base}/r.bin", start=100, end=110)
         got = fs.cat([f"{base}/a.tif", f"{base}/missing.tif"], on_error="return")
         assert got[f"{base}/a.tif"] == b"abc"
         assert isinstance(got[f"{base}/missing.tif"], FileNotFoundError)
-        assert fs.find(base) == [f"{base}/a.tif"]  # the write is seen by the listing
+        assert fs.find(base) == [f"{base}/a.tif", f"{base}/r.bin"]  # writes seen by listings
         with pytest.raises(FileNotFoundError):
             fs.cat_file(f"{base}/missing.tif")
         reader = storage.filesystem(parse_location(loc.url, seaweed.storage_options("reader")),
