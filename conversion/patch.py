@@ -36,14 +36,16 @@ class Job:
     s1: bool
     detector: object | None  # a picklable CloudDetector, or None to skip cloud detection
     s1_dtype: str = "float32"
+    threads: int = 1  # per worker, for zarr's codec pool too ("single-threaded" means it)
     read_threads: int = 1
 
 
 @lru_cache(maxsize=4)
-def _arrays(run_id: str, cube: Location) -> dict:
+def _arrays(run_id: str, cube: Location, threads: int) -> dict:
     """The cube's pixel arrays, opened once per worker process and run."""
     import zarr
 
+    zarr.config.set({"threading.max_workers": threads})  # before zarr's pool first exists
     group = zarr.open_group(zarr_store(cube), mode="r+", use_consolidated=False)
     return {var: group[var] for var in schema.PIXEL_VARIABLES}
 
@@ -64,7 +66,7 @@ def convert_patch(job: Job, task: PatchTask) -> PatchRecord:
             s1 = to_float32_exactly(s1, task.s1)
     blank = [bool(v) and not s2[t].any() for t, v in enumerate(valid_s2)]
     coverage = np.full((schema.N_SLOTS, len(schema.DETECTORS)), np.nan)
-    arrays = _arrays(job.run_id, job.cube)
+    arrays = _arrays(job.run_id, job.cube, job.threads)
     i, y0, x0 = job.roi_index[task.roi], task.row * p, task.col * p
     region = (i, slice(None), slice(None), slice(y0, y0 + p), slice(x0, x0 + p))
     arrays["s2"][region] = s2

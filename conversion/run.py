@@ -121,7 +121,7 @@ def convert(
     logger.info("%d patch locations, %d already converted, %d to do",
                 len(the_plan.tasks), len(the_plan.tasks) - len(todo), len(todo))
     job = Job(uuid.uuid4().hex, src, dst, dict(the_plan.grids),
-              {g.roi: i for i, g in enumerate(layout)}, s1, detector, s1_dtype)
+              {g.roi: i for i, g in enumerate(layout)}, s1, detector, s1_dtype, threads_per_worker)
     if todo:
         with _client(client, scheduler, n_workers, threads_per_worker) as c:
             _run_tasks(c, job, todo, progress, storage_options)
