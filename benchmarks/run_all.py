@@ -1,4 +1,4 @@
-"""Run every benchmark script in turn and keep their JSON results in benchmarks/output/.
+"""Run every benchmark script in turn and keep what each prints in benchmarks/output/.
 
     .venv/bin/python benchmarks/run_all.py [name ...]     # e.g. convert clouds
 
@@ -21,9 +21,12 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     failed = []
     for name in names:
-        cmd = [sys.executable, str(HERE / f"bench_{name}.py"), "--json", str(out / f"{name}.json")]
+        cmd = [sys.executable, str(HERE / f"bench_{name}.py")]
         print(f"$ {' '.join(cmd)}", flush=True)
-        if subprocess.run(cmd, check=False).returncode:
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        (out / f"{name}.txt").write_text(done.stdout + done.stderr)
+        print(done.stdout, flush=True)
+        if done.returncode:
             failed.append(name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

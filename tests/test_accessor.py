@@ -8,31 +8,17 @@ import io
 import subprocess
 import sys
 import textwrap
-import warnings
 
-import dask
 import numpy as np
 import pytest
 import xarray as xr
+from laziness import raise_if_dask_computes
 
-import s2cube
 from s2cube import accessor, baselines, georef, indices, quicklook, select, stats
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from xarray.tests import raise_if_dask_computes
+pytestmark = pytest.mark.usefixtures("local_threads")
 
 
-@pytest.fixture(autouse=True)
-def _local_threads():
-    """Compute on local threads: the session's cluster is exercised in test_baselines."""
-    with dask.config.set(scheduler="threads"):
-        yield
-
-
-@pytest.fixture(scope="module")
-def ds(small_cube):
-    return s2cube.open_cube(small_cube)
 
 
 PUBLIC = [name for name, _ in inspect.getmembers(accessor.S2CubeAccessor, inspect.isfunction)

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
-import dask
 import numpy as np
 import pytest
+from laziness import raise_if_dask_computes
 
-import s2cube
 from s2cube import schema
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from xarray.tests import raise_if_dask_computes
-
-
-@pytest.fixture(autouse=True)
-def _local_threads():
-    """Compute on local threads: the session's cluster is exercised in test_baselines."""
-    with dask.config.set(scheduler="threads"):
-        yield
+pytestmark = pytest.mark.usefixtures("local_threads")
 
 rasterio = pytest.importorskip("rasterio")
 pytest.importorskip("rioxarray")
@@ -29,9 +18,6 @@ pytest.importorskip("rioxarray")
 pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def ds(small_cube):
-    return s2cube.open_cube(small_cube)
 
 
 def _source(archive, roi: str, modality: str, slot: int, pid: int):

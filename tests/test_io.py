@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 
-import dask
 import numpy as np
 import pytest
 import xarray as xr
+from laziness import raise_if_dask_computes
 
 import s2cube
 from s2cube import schema
 from s2cube.io import counting_store
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from xarray.tests import raise_if_dask_computes
-
-
-@pytest.fixture(autouse=True)
-def _local_threads():
-    """Compute on local threads: the session's cluster is exercised in test_baselines."""
-    with dask.config.set(scheduler="threads"):
-        yield
+pytestmark = pytest.mark.usefixtures("local_threads")
 
 
 def _local_store(path):

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
-
-import dask
 import numpy as np
 import pytest
+from laziness import raise_if_dask_computes
 
 import s2cube
 from s2cube import sampling, schema
 from s2cube.io import counting_store
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from xarray.tests import raise_if_dask_computes
+pytestmark = pytest.mark.usefixtures("local_threads")
 
 
-@pytest.fixture(autouse=True)
-def _local_threads():
-    """Compute on local threads: the session's cluster is exercised in test_baselines."""
-    with dask.config.set(scheduler="threads"):
-        yield
-
-
-@pytest.fixture(scope="module")
-def ds(small_cube):
-    return s2cube.open_cube(small_cube)
 
 
 def test_split_region_and_name_select_the_rois_of_the_tables(ds):
