@@ -123,7 +123,7 @@ def convert(
     job = Job(uuid.uuid4().hex, src, dst, dict(the_plan.grids),
               {g.roi: i for i, g in enumerate(layout)}, s1, detector, s1_dtype, threads_per_worker)
     if todo:
-        with _client(client, scheduler, n_workers, threads_per_worker) as c:
+        with dask_client(client, scheduler, n_workers, threads_per_worker) as c:
             _run_tasks(c, job, todo, progress, storage_options)
     missing = set(t.key for t in todo) - set(read_records(dst))
     if missing:
@@ -201,7 +201,8 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1):
 
 
 @contextlib.contextmanager
-def _client(client, scheduler, n_workers, threads_per_worker) -> Iterator:
+def dask_client(client, scheduler, n_workers, threads_per_worker) -> Iterator:
+    """``client`` itself, a client of ``scheduler``, or one of a new local cluster."""
     if client is not None:
         yield client
         return

@@ -64,8 +64,15 @@ def validate(
             if progress:
                 progress(i + 1, len(tasks))
     else:
+        from dask.distributed import as_completed
+
         futures = client.map(_check_patch, [check] * len(tasks), tasks, pure=False)
-        results = client.gather(futures)
+        results = []
+        for i, fut in enumerate(as_completed(futures)):
+            results.append(fut.result())
+            fut.release()
+            if progress:
+                progress(i + 1, len(tasks))
     diffs = [d for r in results for d in r]
     files = sum(sum(p is not None for p in t.s2 + t.s1) for t in tasks)
     return ValidationReport(files, tuple(diffs))

@@ -197,11 +197,14 @@ def info(cube, storage) -> None:
 @click.argument("source")
 @click.argument("cube")
 @click.option("--roi", "rois", multiple=True, help="Only this ROI (repeatable).")
+@click.option("--scheduler", help="Address of an existing dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, help="Local workers (default: one per core).")
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE")
-def validate(source, cube, rois, storage) -> None:
+def validate(source, cube, rois, scheduler, workers, storage) -> None:
     """Compare every file of SOURCE with CUBE; exit 1 and list what differs."""
     from tqdm import tqdm
 
+    from s2cube_conversion.run import dask_client
     from s2cube_conversion.validate import validate as run
 
     options = _options(storage)
@@ -212,7 +215,9 @@ def validate(source, cube, rois, storage) -> None:
         bar.refresh()
 
     try:
-        report = run(source, cube, rois=list(rois) or None, storage_options=options, progress=tick)
+        with dask_client(None, scheduler, workers, 1) as client:
+            report = run(source, cube, rois=list(rois) or None, storage_options=options,
+                         progress=tick, client=client)
     except S2CubeError as exc:
         bar.close()
         _fail(exc, options)
