@@ -181,7 +181,7 @@ def as_plan(ds: xr.Dataset, plan: Any) -> pd.DataFrame:
     if missing:
         raise ValueError(f"the plan lacks column(s) {missing}; it needs {list(PLAN_COLUMNS)} "
                          "(make one with s2cube.baselines.sample_plan)")
-    names = list(np.atleast_1d(np.asarray(ds["roi"].values).astype(str)))
+    names = list(np.atleast_1d(schema.as_str(ds["roi"].values)))
     unknown = sorted(set(table["roi"].astype(str)) - set(names))
     if unknown:
         raise ValueError(f"the plan names ROI(s) {unknown} that are not in the cube ({names})")
@@ -355,7 +355,7 @@ def _prediction_array(ds: xr.Dataset, predictions: Any, p: int):
     for d in ("band", "y", "x"):
         if pred.sizes[d] != ds.sizes[d]:
             raise ValueError(f"predictions have {pred.sizes[d]} {d}; the cube has {ds.sizes[d]}")
-    names = list(np.asarray(pred["roi"].values).astype(str))
+    names = list(schema.as_str(pred["roi"].values))
     return _blocked(pred, {"roi": 1, "y": p, "x": p}), names
 
 

@@ -191,9 +191,13 @@ def shard_shape(var: str, sizes: dict[str, int], patch_size: int) -> tuple[int, 
     return tuple(per_dim.get(d, sizes[d]) for d in spec.dims)
 
 
-def td_days(dates: np.ndarray) -> np.ndarray:
-    """Days since the Sentinel-1 launch (the reference loader's ``S1 TD``/``S2 TD``)."""
-    return (np.asarray(dates, dtype="datetime64[D]") - TD_EPOCH).astype(np.float64)
+def as_str(values) -> np.ndarray:
+    """Labels as a NumPy ``str`` array, whatever string dtype the store gave them.
+
+    ``xr.open_zarr`` returns zarr v3 strings as NumPy's ``StringDType``, which refuses a
+    direct ``astype(str)``.
+    """
+    return np.asarray(values).astype(object).astype(str)
 
 
 def utc_now() -> str:

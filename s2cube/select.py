@@ -21,7 +21,7 @@ def _roi_labels(ds: xr.Dataset, coord: str) -> np.ndarray:
     if coord not in ds.coords:
         raise ValueError(f"the dataset has no {coord!r} coordinate on 'roi'; open it with "
                          "s2cube.open_cube")
-    return np.asarray(ds[coord].values).astype(str)
+    return schema.as_str(ds[coord].values)
 
 
 def sel_split(ds: xr.Dataset, split: str) -> xr.Dataset:

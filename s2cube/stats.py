@@ -211,7 +211,7 @@ ROI_LABELS = ("region", "split", "collection")
 
 def _group_rois(sums: xr.Dataset, keys: list[str]) -> xr.Dataset:
     """Sum over the ROIs sharing the labels ``keys`` (numpy labels: stays lazy)."""
-    labels = [np.asarray(sums[k].values).astype(str) for k in keys]
+    labels = [schema.as_str(sums[k].values) for k in keys]
     combos = sorted(set(zip(*labels)))
     pieces = []
     for combo in combos:

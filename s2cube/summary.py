@@ -53,8 +53,8 @@ def summarize(ds: xr.Dataset, *, stored_bytes: int | None = None) -> CubeSummary
 
 
 def _groups(ds: xr.Dataset):
-    split = [str(v) for v in ds["split"].values]
-    region = [str(v) for v in ds["region"].values]
+    split = list(schema.as_str(ds["split"].values))
+    region = list(schema.as_str(ds["region"].values))
     keys = sorted(set(zip(split, region)))
     for key in keys:
         yield key, [i for i, k in enumerate(zip(split, region)) if k == key]

@@ -119,3 +119,12 @@ def test_png_writer_round_trips_through_pillow():
 def test_quicklook_wants_one_frame(ds):
     with pytest.raises(ValueError, match="select"):
         quicklook.quicklook(ds.s2.isel(roi=0))
+
+
+def test_the_accessor_works_on_a_plain_xarray_open_zarr_dataset(small_cube):
+    import xarray as xr
+
+    plain = xr.open_zarr(small_cube)  # zarr v3 strings arrive as NumPy's StringDType here
+    assert [str(r) for r in plain.s2cube.sel_split("test").roi.values] == ["ROIs1868_73"]
+    assert plain.s2cube.cloudiness(by="region").sizes["region"] == 2
+    assert len(plain.s2cube.patch_table()) == 18
