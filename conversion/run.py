@@ -104,11 +104,12 @@ def convert(
         check_access(src)
     if not dst.is_local:
         check_access(dst, write=True)
-    check_target(dst)  # fail fast, before reading any header
+    existing = check_target(dst) or {}  # fail fast, before reading any header
     inventory = discover(src, rois=(selection or Selection()).roi_names(), s1=s1)
     the_plan = plan(inventory, src)
     detector = _detector(clouds, cloud_method, threads_per_worker)
     attrs = _attrs(inventory, selection, s1, detector)
+    attrs["created"] = existing.get("created", attrs["updated"])  # the first run's time stays
     grids = [GridRecord(g.roi, g.epsg, g.crs_wkt, g.transform, g.n_rows, g.n_cols)
              for g in the_plan.grids.values()]
     if s1_dtype not in ("auto", "float32", "float64"):
@@ -173,7 +174,7 @@ def _attrs(inventory, selection: Selection | None, s1: bool, detector) -> dict:
         "references": schema.REFERENCES,
         "s2cube_version": __version__,
         "schema_version": schema.SCHEMA_VERSION,
-        "created": schema.utc_now(),
+        "updated": schema.utc_now(),
         "source": inventory.fingerprint(),
         "cloud_detection": detector.describe() if detector is not None else {"method": "none"},
         "conversion": {"split": sel.split, "region": sel.region, "rois": list(sel.rois),

@@ -119,6 +119,8 @@ def test_incremental_conversion_equals_one_run(synthetic_archive, small_cube, tm
     assert list(mid.roi.values) == ["ROIs2017_8"]
     second = convert(synthetic_archive, cube, client=dask_client)
     assert (second.converted, second.resumed) == (9, 9)
+    attrs = xr.open_zarr(cube).attrs
+    assert attrs["created"] == mid.attrs["created"] and attrs["updated"] >= attrs["created"]
     a = xr.open_zarr(small_cube)
     b = xr.open_zarr(cube).sel(roi=a.roi.values)
     for name in a.variables:

@@ -15,7 +15,7 @@ import xarray as xr
 
 from s2cube_conversion import convert
 
-VOLATILE_ATTRS = {"created"}
+VOLATILE_ATTRS = {"created", "updated"}
 
 
 def _records(cube) -> int:

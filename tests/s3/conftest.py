@@ -60,7 +60,7 @@ def secrets_of(server: SeaweedServer) -> list[str]:
 ROIS = ("ROIs1868_73",)
 GRID = (2, 2)
 PATCH = 32
-VOLATILE_ATTRS = {"created"}
+VOLATILE_ATTRS = {"created", "updated"}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
