@@ -1,6 +1,6 @@
 """S3 backends side by side: fsspec (s3fs) vs obstore, for what s2cube does on S3.
 
-    .venv/bin/python benchmarks/bench_s3.py [zarr] [objects] [convert]
+    .venv/bin/python benchmarks/bench_s3.py [zarr] [objects] [convert] [open]
         [--patch 96] [--grid 3] [--repeat 3] [--json out.json]
 
 Starts SeaweedFS (``weed mini``, loopback only; its startup time is measured too) and
@@ -19,6 +19,11 @@ measures, per backend (``s2cube.storage`` with ``backend="fsspec"`` or ``"obstor
 - convert: the converter, S3 -> S3 vs local -> local, on one in-process dask worker,
            without cloud detection (the I/O path only) and with it (the default):
            patches/s and the S3/local ratio.
+- open:    ``s2cube.open_cube("s3://...", storage_options=...)`` of a small converted cube,
+           libraries imported, s2cube's settings and filesystem caches cleared before each
+           open (a fresh process's state): seconds, and the HTTP requests it makes, counted
+           by a loopback proxy in front of the server (every GET/HEAD/list), next to the
+           targets (< 0.5 s, <= 5 requests).
 
 Medians of ``--repeat`` runs; backends alternate.
 """
@@ -158,6 +163,110 @@ def bench_convert(server, tmp: Path, runs: int, clouds: bool) -> dict:
     return {k: statistics.median(v) for k, v in out.items()}
 
 
+OPEN_TARGET_S = 0.5
+OPEN_TARGET_REQUESTS = 5
+
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of ``upstream`` that counts the requests it
+    forwards (method and path). The Host header is passed on as is, so signatures hold."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        up = urlsplit(upstream)
+        self.requests: list[tuple[str, str]] = []
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _forward(self) -> None:
+                with lock:
+                    proxy.requests.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status, resp.reason)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _fresh_s2cube_state() -> None:
+    """Forget what s2cube caches per process about S3 (settings, filesystems)."""
+    from s2cube import storage
+
+    storage._resolve.cache_clear()
+    storage._FS_CACHE.clear()
+
+
+def bench_open(server, tmp: Path, runs: int) -> dict:
+    from dask.distributed import Client
+
+    import s2cube
+    from s2cube_conversion import convert
+    from s2cube_conversion.synth import synthesize_archive
+
+    archive = tmp / "open-archive"
+    synthesize_archive(archive, rois=("ROIs1868_73",), grid=(2, 2), patch_size=32, seed=0)
+    with Client(processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=None) as client:
+        report = convert(archive, tmp / "open-cube.zarr", client=client)
+    if not report.ok:
+        raise SystemExit(f"open: conversion failed: {report.problems}")
+    server.upload_folder(tmp / "open-cube.zarr", "bench", "open/cube.zarr")
+    url, opts = "s3://bench/open/cube.zarr", server.storage_options()
+    s2cube.open_cube(url, storage_options=opts)  # imports and first-use setup, not timed
+    seconds = []
+    for _ in range(runs):
+        _fresh_s2cube_state()
+        t0 = time.perf_counter()
+        s2cube.open_cube(url, storage_options=opts)
+        seconds.append(time.perf_counter() - t0)
+    proxy = CountingProxy(server.endpoint_url)
+    counts, via_proxy = [], []
+    try:
+        popts = {**opts, "endpoint_url": proxy.url}
+        for _ in range(runs):
+            _fresh_s2cube_state()
+            proxy.requests.clear()
+            t0 = time.perf_counter()
+            s2cube.open_cube(url, storage_options=popts)
+            via_proxy.append(time.perf_counter() - t0)
+            counts.append(list(proxy.requests))
+    finally:
+        proxy.close()
+    return {"seconds": seconds, "seconds_via_proxy": via_proxy,
+            "requests": [len(c) for c in counts], "first_requests": counts[0]}
+
+
 def _table(title: str, results: dict[str, list[dict]]) -> dict:
     table = {b: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
              for b, rs in results.items()}
@@ -175,13 +284,13 @@ def main() -> None:
     import tempfile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("sections", nargs="*", choices=["zarr", "objects", "convert", []])
+    ap.add_argument("sections", nargs="*", choices=["zarr", "objects", "convert", "open", []])
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--grid", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    args.sections = args.sections or ["zarr", "objects", "convert"]
+    args.sections = args.sections or ["zarr", "objects", "convert", "open"]
 
     from s2cube.testing import SeaweedServer
 
@@ -218,6 +327,18 @@ def main() -> None:
                       f"{'with' if clouds else 'without'} cloud detection, 1 in-process worker")
                 for kind, rate in conv.items():
                     print(f"{kind:<10}{rate:>10.2f} patches/s {rate / conv['local']:>6.2f} x local")
+        if "open" in args.sections:
+            res = bench_open(server, Path(tmp), max(args.repeat, 5))
+            report["open"] = res
+            median, requests = statistics.median(res["seconds"]), max(res["requests"])
+            print(f"\nopen_cube from the loopback S3 (1 ROI x 2x2 patches x 30 slots, 32 px), "
+                  f"{len(res['seconds'])} fresh opens")
+            print(f"time      median {median:.3f} s of {[round(s, 3) for s in res['seconds']]}"
+                  f"   target < {OPEN_TARGET_S} s   {'ok' if median < OPEN_TARGET_S else 'MISSED'}")
+            print(f"requests  {res['requests']} (HTTP, counted at a proxy)   target <= "
+                  f"{OPEN_TARGET_REQUESTS}   {'ok' if requests <= OPEN_TARGET_REQUESTS else 'MISSED'}")
+            for method, path in res["first_requests"]:
+                print(f"          {method} {path}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
