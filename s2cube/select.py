@@ -24,22 +24,22 @@ def _roi_labels(ds: xr.Dataset, coord: str) -> np.ndarray:
     return schema.as_str(ds[coord].values)
 
 
+def _sel_by(ds: xr.Dataset, coord: str, value: str, choices: tuple[str, ...]) -> xr.Dataset:
+    if value not in ("all", *choices):
+        raise ValueError(f"{coord} {value!r} is not one of all, {', '.join(choices)}")
+    if value == "all":
+        return ds
+    return ds.isel(roi=np.flatnonzero(_roi_labels(ds, coord) == value))
+
+
 def sel_split(ds: xr.Dataset, split: str) -> xr.Dataset:
     """The ROIs of one split (``"train"``, ``"val"``, ``"test"``; ``"all"`` keeps every ROI)."""
-    if split not in ("all", *schema.SPLITS):
-        raise ValueError(f"split {split!r} is not one of all, {', '.join(schema.SPLITS)}")
-    if split == "all":
-        return ds
-    return ds.isel(roi=np.flatnonzero(_roi_labels(ds, "split") == split))
+    return _sel_by(ds, "split", split, schema.SPLITS)
 
 
 def sel_region(ds: xr.Dataset, region: str) -> xr.Dataset:
     """The ROIs of one region (``"africa"``, ``"america"``, ..., ``"all"`` keeps every ROI)."""
-    if region not in ("all", *schema.REGIONS):
-        raise ValueError(f"region {region!r} is not one of all, {', '.join(schema.REGIONS)}")
-    if region == "all":
-        return ds
-    return ds.isel(roi=np.flatnonzero(_roi_labels(ds, "region") == region))
+    return _sel_by(ds, "region", region, schema.REGIONS)
 
 
 def sel_roi(ds: xr.Dataset, names: str | Sequence[str]) -> xr.Dataset:

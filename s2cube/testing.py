@@ -96,7 +96,28 @@ def _is_free(port: int) -> bool:
     return True
 
 
-class SeaweedServer:
+class _Started:
+    """``with`` starts the process(es) and always stops them, also when starting fails."""
+
+    def start(self) -> None:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SeaweedServer(_Started):
     """SeaweedFS ``weed mini`` on 127.0.0.1 with enforced credentials (a context manager).
 
     Parameters
@@ -128,17 +149,6 @@ class SeaweedServer:
         self.startup_seconds: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------
-
-    def __enter__(self) -> SeaweedServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self, attempts: int = 3) -> None:
         """Start the server (new free ports unless restarting) and wait until S3 answers."""
@@ -358,7 +368,7 @@ class SeaweedServer:
         self._remove_sockets()
 
 
-class DaskProcessCluster:
+class DaskProcessCluster(_Started):
     """A dask scheduler and workers as separate processes (``dask scheduler``, ``dask worker``).
 
     What a real deployment looks like, on 127.0.0.1: each worker runs under its own nanny,
@@ -384,17 +394,6 @@ class DaskProcessCluster:
         self.root: Path | None = None
         self.address: str | None = None
         self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> DaskProcessCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the scheduler, then the workers; wait until all workers have joined."""
