@@ -167,13 +167,9 @@ def _resolve(frozen: str, env: tuple) -> S3Settings:
     region = (ck.get("region_name") or opts.get("region") or os.environ.get("AWS_REGION")
               or session.get_config_variable("region") or "us-east-1")
     endpoint = opts.get("endpoint_url") or ck.get("endpoint_url") or _session_endpoint(session)
-    if opts.get("anon"):
-        return S3Settings(endpoint, region, True, "anonymous access (anon=True)")
-    key = opts.get("key") or opts.get("username") or ck.get("aws_access_key_id")
-    secret = opts.get("secret") or opts.get("password") or ck.get("aws_secret_access_key")
-    if key and secret:
-        return S3Settings(endpoint, region, False, "storage_options key/secret", key, secret,
-                          opts.get("token") or ck.get("aws_session_token"))
+    explicit = _explicit_settings(opts, endpoint, region)
+    if explicit is not None:
+        return explicit
     creds = session.get_credentials()
     if creds is None:
         return S3Settings(endpoint, region, False, "nowhere (no credentials found)")
@@ -181,6 +177,19 @@ def _resolve(frozen: str, env: tuple) -> S3Settings:
     _remember_secret(frozen_creds.secret_key, frozen_creds.token)
     return S3Settings(endpoint, region, False, _describe_method(creds.method, session),
                       frozen_creds.access_key, frozen_creds.secret_key, frozen_creds.token)
+
+
+def _explicit_settings(opts: dict[str, Any], endpoint, region) -> S3Settings | None:
+    """Anonymous access or a key/secret given in ``storage_options``, if either is."""
+    ck = opts.get("client_kwargs") or {}
+    if opts.get("anon"):
+        return S3Settings(endpoint, region, True, "anonymous access (anon=True)")
+    key = opts.get("key") or opts.get("username") or ck.get("aws_access_key_id")
+    secret = opts.get("secret") or opts.get("password") or ck.get("aws_secret_access_key")
+    if key and secret:
+        return S3Settings(endpoint, region, False, "storage_options key/secret", key, secret,
+                          opts.get("token") or ck.get("aws_session_token"))
+    return None
 
 
 def _resolve_without_botocore(opts: dict[str, Any]) -> S3Settings | None:
@@ -197,13 +206,11 @@ def _resolve_without_botocore(opts: dict[str, Any]) -> S3Settings | None:
         return None
     region = (ck.get("region_name") or opts.get("region") or env.get("AWS_REGION")
               or env.get("AWS_DEFAULT_REGION") or "us-east-1")
-    if opts.get("anon"):
-        return S3Settings(endpoint, region, True, "anonymous access (anon=True)")
+    explicit = _explicit_settings(opts, endpoint, region)
+    if explicit is not None:
+        return explicit
     key = opts.get("key") or opts.get("username") or ck.get("aws_access_key_id")
     secret = opts.get("secret") or opts.get("password") or ck.get("aws_secret_access_key")
-    if key and secret:
-        return S3Settings(endpoint, region, False, "storage_options key/secret", key, secret,
-                          opts.get("token") or ck.get("aws_session_token"))
     if not key and not secret and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return S3Settings(endpoint, region, False, _describe_method("env", None),
                           env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
