@@ -257,11 +257,20 @@ def s3_rows(workdir: Path, data: dict, samples, paths, args, local_raw: float,
         fs.put(str(data["masks"]), "bench/masks", recursive=True)
         options = server.storage_options("reader")
         best: dict[str, float] = {}
+        cpu: dict[str, list[float]] = {"local": [], "client": [], "server": []}
+        local_meta = reader.load_meta(data["cube"])
         for _ in range(args.repeat):
+            c0 = cpu_seconds()
+            run_ours(local_meta, samples, args.threads, args.batch, None)
+            cpu["local"].append((cpu_seconds() - c0) / len(samples))
             for backend in ("obstore", "fsspec"):
                 os.environ["S2CUBE_STORAGE_BACKEND"] = backend
                 meta = reader.load_meta("s3://bench/cube.zarr", options)
+                c0, s0 = cpu_seconds(), cpu_seconds(server.pid)
                 rate = run_ours(meta, samples, args.threads, args.batch, None)
+                if backend == "obstore":
+                    cpu["client"].append((cpu_seconds() - c0) / len(samples))
+                    cpu["server"].append((cpu_seconds(server.pid) - s0) / len(samples))
                 best[backend] = max(best.get(backend, 0.0), rate)
             rfs = fsspec.filesystem("s3", **options)
             rate = run_rasterio_s3(rfs, paths, samples, args.threads, workdir, "bench")
@@ -273,7 +282,26 @@ def s3_rows(workdir: Path, data: dict, samples, paths, args, local_raw: float,
                      f"{best[backend] / best['rio']:.1f}x the GeoTIFF loader on S3"))
     rows.append(("S3: rasterio GeoTIFF loader (whole-file GETs + MemoryFile)", best["rio"],
                  f"{best['rio'] / local_rio:.0%} of its local rate"))
+    # where the S3 time goes: CPU per sample of the loader and of the server (same cores)
+    local, client, srv = (float(np.median(cpu[k])) for k in ("local", "client", "server"))
+    cores = os.cpu_count() or 1
+    ceiling = cores / (client + srv)
+    rows.append(("S3 obstore, CPU per sample: loader / SeaweedFS (local loader)",
+                 ceiling, f"{1e3 * client:.1f} ms / {1e3 * srv:.1f} ms ({1e3 * local:.1f} ms); "
+                 f"{cores} cores shared by both allow {ceiling:.0f} samples/s: S3 reaches "
+                 f"{best['obstore'] / ceiling:.0%} of that, and that ceiling is "
+                 f"{ceiling / local_raw:.0%} of local"))
     return rows
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of this process or of process ``pid``."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def archive_paths(meta, index, archive: Path, masks: Path) -> dict:

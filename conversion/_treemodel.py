@@ -31,11 +31,6 @@ import ctypes
 import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from s2cube import native
+
 logger = logging.getLogger(__name__)
 
 #: s2cloudless's model bands (B1, B2, B4, B5, B8, B8A, B9, B10, B11, B12) in the 13-band order.
@@ -51,7 +48,6 @@ MODEL_BAND_IDS = (0, 1, 3, 4, 7, 8, 9, 10, 11, 12)
 MAX_DN = 10000
 PIXELS_PER_CALL = 1 << 18  # pixels per predict call of the ONNX/LightGBM engines (4 frames of 256²)
 _NFEAT = 16  # bytes per pixel in the kernel's bin array
-_CFLAGS = ("-O3", "-shared", "-fPIC")
 
 KERNEL_C = r"""
 #include <math.h>
@@ -107,7 +103,7 @@ void s2c_forest_proba(const uint8_t *bins, int64_t n, const uint32_t *words,
 """
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(native.NativeUnavailable):
     """An engine cannot run here (no compiler, unsupported model, missing package)."""
 
 
@@ -140,44 +136,9 @@ def model_file() -> ModelFile:
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """The directory of cached engines: ``override``, ``$S2CUBE_CACHE_DIR``, or the user cache.
-
-    The user cache is ``$XDG_CACHE_HOME/s2cube/clouds`` (``~/.cache/s2cube/clouds``). When it
-    cannot be created, a per-process temporary directory is used (and things get rebuilt).
-    """
-    if override is not None:
-        path = Path(override)
-    elif os.environ.get("S2CUBE_CACHE_DIR"):
-        path = Path(os.environ["S2CUBE_CACHE_DIR"])
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = Path(base) / "s2cube" / "clouds"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK):
-            raise PermissionError(f"{path} is not writable")
-    except OSError as exc:
-        path = _fallback_dir()
-        logger.warning("cloud-detector cache unusable (%s); using %s", exc, path)
-    return path
-
-
-@lru_cache(maxsize=1)
-def _fallback_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="s2cube-clouds-"))
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result to ``path`` in one step."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755 if path.suffix == ".so" else 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """The directory of cached engines: ``override``, ``$S2CUBE_CACHE_DIR``, or the user cache
+    ``~/.cache/s2cube/clouds`` (see :func:`s2cube.native.cache_dir`)."""
+    return native.cache_dir("clouds", override)
 
 
 # --- LightGBM text model → kernel tables ----------------------------------------------------
@@ -314,43 +275,19 @@ def load_tables(cache: Path) -> Tables:
             np.savez(fh, words=tables.words, values=tables.values, offsets=tables.offsets,
                      depths=tables.depths, lut=tables.lut, sigmoid=tables.sigmoid)
 
-    _write_atomic(path, write)
+    native.write_atomic(path, write)
     return tables
 
 
 # --- the compiled kernel --------------------------------------------------------------------
 
 
-def _compiler() -> str:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name.split()[0]):
-            return name
-    raise EngineUnavailable("no C compiler (cc, gcc or clang) found on PATH; set CC")
-
-
 def compile_kernel(cache: Path) -> Path:
     """Compile :data:`KERNEL_C` into the cache (once per source, flags and platform)."""
-    tag = f"{KERNEL_C}{_CFLAGS}{platform.machine()}{sys.platform}".encode()
-    path = cache / f"kernel-{hashlib.sha256(tag).hexdigest()[:16]}.so"
-    if path.exists():
-        return path
-    cc = _compiler()
-    with tempfile.TemporaryDirectory(prefix="s2cube-kernel-") as tmp:
-        src = Path(tmp) / "forest.c"
-        src.write_text(KERNEL_C)
-
-        def write(out: str) -> None:
-            cmd = [*cc.split(), *_CFLAGS, "-o", out, str(src), "-lm"]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-            if done.returncode:
-                raise EngineUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
-
-        try:
-            _write_atomic(path, write)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise EngineUnavailable(f"cannot compile the tree kernel with {cc}: {exc}") from exc
-    logger.info("compiled the cloud-detection kernel to %s", path)
-    return path
+    try:
+        return native.compile_library(KERNEL_C, "kernel", cache)
+    except native.NativeUnavailable as exc:
+        raise EngineUnavailable(str(exc)) from exc
 
 
 class KernelEngine:
@@ -426,7 +363,7 @@ def onnx_model_bytes(cache: Path) -> bytes:
         booster, initial_types=[("input", FloatTensorType([None, len(MODEL_BAND_IDS)]))],
         zipmap=False)
     data = onnx.SerializeToString()
-    _write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    native.write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
     return data
 
 

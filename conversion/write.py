@@ -30,6 +30,9 @@ from s2cube.storage import Location, filesystem, zarr_store
 logger = logging.getLogger(__name__)
 
 ROOT_META = "zarr.json"
+JOURNAL_GROUP = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {
+    "description": "s2cube conversion journal: one JSON record per finished patch location "
+                   "(not data; s2cube convert and validate read it)"}}).encode()
 
 
 def pixel_codecs(var: str) -> dict:
@@ -164,6 +167,9 @@ def begin(
         meta.pop("consolidated_metadata", None)
         meta["attributes"] = root_attrs
         write_root(cube, meta)
+    # the journal's folder is an (empty) zarr group, so that tools walking the hierarchy
+    # (xr.open_zarr(consolidated=False), zarr.open_group().members()) see no stray object
+    put_bytes(cube, f"{schema.JOURNAL_PREFIX}/{ROOT_META}", JOURNAL_GROUP)
     sizes = layout_sizes(records, patch_size)
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     for var in schema.PIXEL_VARIABLES:
@@ -237,7 +243,7 @@ def read_records(cube: Location) -> dict[str, PatchRecord]:
     fs = filesystem(cube)
     base = f"{cube.path}/{schema.JOURNAL_PREFIX}"
     try:
-        paths = [p for p in fs.find(base) if p.endswith(".json")]
+        paths = [p for p in fs.find(base) if p.endswith(".json") and not p.endswith(ROOT_META)]
     except FileNotFoundError:
         return {}
     out: dict[str, PatchRecord] = {}

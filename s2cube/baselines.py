@@ -30,6 +30,7 @@ import xarray as xr
 
 from s2cube import metrics as M
 from s2cube import schema
+from s2cube.median import clear_median
 from s2cube.select import detector_name, patch_table
 from s2cube.stats import _patch_size, mask_from, mask_source, valid_frames
 
@@ -73,62 +74,6 @@ def mosaic(inputs: Any, masks: Any, fill: float = MOSAIC_FILL) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(count > 0, total / count, fill)
     return out.astype(np.float32)
-
-
-def _batcher_pairs(n: int) -> list[tuple[int, int]]:
-    """Comparators of Batcher's odd-even merge sort of ``n`` (a power of two) items."""
-    pairs = []
-    p = 1
-    while p < n:
-        k = p
-        while k >= 1:
-            for j in range(k % p, n - k, 2 * k):
-                for i in range(min(k, n - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return pairs
-
-
-def sort_series(values: np.ndarray) -> np.ndarray:
-    """Sort along axis 0 with a sorting network: one vectorised min/max per comparator.
-
-    For short series (30 slots) over many pixels this is several times faster than
-    ``np.sort``, whose per-row overhead dominates; the result is the same.
-    """
-    n = values.shape[0]
-    size = 1 << max(n - 1, 0).bit_length()
-    top = np.iinfo(values.dtype).max if values.dtype.kind in "ui" else np.inf
-    x = np.full((size, *values.shape[1:]), top, dtype=values.dtype)
-    x[:n] = values
-    lo = np.empty_like(x[0])  # one buffer: no allocation per comparator
-    for a, b in _batcher_pairs(size):
-        if a >= n and b >= n:
-            continue  # both padding: already in order
-        np.minimum(x[a], x[b], out=lo)
-        np.maximum(x[a], x[b], out=x[b])
-        x[a] = lo
-    return x[:n]
-
-
-def median_of_clear(values: Any, clear: Any, axis: int = -1) -> np.ndarray:
-    """Median along ``axis`` of the ``clear`` values; NaN where none is clear. float32.
-
-    Exact: unclear values are set to the dtype's maximum, the series sorted, and the
-    middle one or two of the ``n`` clear values averaged.
-    """
-    v = np.asarray(values)
-    ok = np.asarray(clear, bool)
-    v, ok = np.broadcast_arrays(v, ok)
-    top = np.iinfo(v.dtype).max if v.dtype.kind in "ui" else np.inf
-    series = np.ascontiguousarray(np.moveaxis(np.where(ok, v, top), axis, 0))
-    s = sort_series(series)
-    n = np.moveaxis(ok, axis, 0).sum(axis=0)
-    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[None], 0)[0]
-    hi = np.take_along_axis(s, np.minimum(n // 2, s.shape[0] - 1)[None], 0)[0]
-    med = (lo.astype(np.float32) + hi.astype(np.float32)) / np.float32(2)
-    return np.where(n > 0, med, np.float32(np.nan)).astype(np.float32)
 
 
 # --- plans -----------------------------------------------------------------------------
@@ -301,8 +246,9 @@ def _composite_block(s2: np.ndarray, raw: np.ndarray, frames: np.ndarray,
                      detector: str) -> np.ndarray:
     """One patch series: s2 ``(1, T, B, P, P)``, raw mask ``(1, T, P, P)``, frames ``(1, T, 1, 1)``."""
     clear = frames.astype(bool) & ~mask_from(raw, detector)
-    med = median_of_clear(s2[0], clear[0][:, None], axis=0)  # (B, P, P)
-    return (med / np.float32(10000))[None]
+    t, b, h, w = s2.shape[1:]
+    med = clear_median(s2[0].reshape(t, b, h * w), clear[0].reshape(t, h * w))
+    return (med / np.float32(10000)).reshape(1, b, h, w)
 
 
 def composite(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArray:
@@ -336,27 +282,60 @@ def composite(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArra
 
 # --- evaluation ----------------------------------------------------------------------------
 
-def _prediction_array(ds: xr.Dataset, predictions: Any, p: int):
+def _prediction_blocks(ds: xr.Dataset, predictions: Any, table: pd.DataFrame, p: int):
+    """The predictions as a dask array with one block per image, and each plan row's block.
+
+    Three layouts: the cube's grid ``(roi, band, y, x)``; the flat view of
+    :func:`s2cube.select.patches` ``(patch, band, py, px)`` with its ``roi``/``row``/``col``
+    coordinates; or an array ``(n, band, P, P)`` in the order of the plan's rows. Returns
+    ``(array, keys)`` with ``keys[k]`` the block of plan row ``k`` or None (not predicted).
+    """
     if isinstance(predictions, xr.Dataset):
         names = [n for n in ("prediction", "s2") if n in predictions]
         if not names:
             raise ValueError("the prediction Dataset has no 'prediction' or 's2' variable")
         predictions = predictions[names[0]]
-    if not isinstance(predictions, xr.DataArray):
-        raise TypeError(f"predictions must be an xarray DataArray/Dataset, got {type(predictions)}")
+    bands = ds.sizes["band"]
+    if not isinstance(predictions, xr.DataArray):  # an array in plan order
+        shape = tuple(getattr(predictions, "shape", np.shape(predictions)))
+        if shape != (len(table), bands, p, p):
+            raise ValueError(f"predictions have shape {shape}; an array needs one image per "
+                             f"plan row: {(len(table), bands, p, p)}")
+        data = _blocked(xr.DataArray(predictions, dims=("sample", "band", "py", "px")),
+                        {"sample": 1})
+        return data, [(data.name, k, 0, 0, 0) for k in range(len(table))]
+    if "time" in predictions.dims:
+        raise ValueError("predictions hold a 'time' dim; seq2point predictions are one image per "
+                         "patch: select the predicted slot")
+    if "patch" in predictions.dims:  # the flat view
+        want = ("patch", "band", "py", "px")
+        if set(predictions.dims) != set(want) or not {"roi", "row", "col"} <= set(predictions.coords):
+            raise ValueError(f"flat predictions need dims {want} and roi/row/col coordinates on "
+                             f"'patch' (as ds.s2cube.patches() gives); got {predictions.dims}")
+        pred = predictions.transpose(*want)
+        _check_sizes(pred, {"band": bands, "py": p, "px": p})
+        where = {(str(r), int(y), int(x)): k for k, (r, y, x) in enumerate(zip(
+            schema.as_str(pred["roi"].values), pred["row"].values, pred["col"].values))}
+        data = _blocked(pred, {"patch": 1})
+        return data, [None if (k := where.get((s.roi, int(s.row), int(s.col)))) is None
+                      else (data.name, k, 0, 0, 0) for s in table.itertuples()]
     pred = predictions if "roi" in predictions.dims else predictions.expand_dims("roi")
-    if "time" in pred.dims:
-        raise ValueError("predictions hold a 'time' dim; a seq2point prediction cube is "
-                         "(roi, band, y, x): select the predicted slot")
     want = ("roi", "band", "y", "x")
     if set(pred.dims) != set(want):
-        raise ValueError(f"predictions have dims {pred.dims}; expected {want} on the cube's grid")
+        raise ValueError(f"predictions have dims {pred.dims}; expected {want} on the cube's grid, "
+                         "('patch', 'band', 'py', 'px') as patches() gives, or an array in plan order")
     pred = pred.transpose(*want)
-    for d in ("band", "y", "x"):
-        if pred.sizes[d] != ds.sizes[d]:
-            raise ValueError(f"predictions have {pred.sizes[d]} {d}; the cube has {ds.sizes[d]}")
-    names = list(schema.as_str(pred["roi"].values))
-    return _blocked(pred, {"roi": 1, "y": p, "x": p}), names
+    _check_sizes(pred, {d: ds.sizes[d] for d in ("band", "y", "x")})
+    rois = list(schema.as_str(pred["roi"].values))
+    data = _blocked(pred, {"roi": 1, "y": p, "x": p})
+    return data, [(data.name, rois.index(s.roi), 0, int(s.row), int(s.col)) if s.roi in rois
+                  else None for s in table.itertuples()]
+
+
+def _check_sizes(pred: xr.DataArray, sizes: dict[str, int]) -> None:
+    for d, n in sizes.items():
+        if pred.sizes[d] != n:
+            raise ValueError(f"predictions have {pred.sizes[d]} {d}; the cube has {n}")
 
 
 def _score_block(detector: str, target_block: np.ndarray, raw_blocks: list,
@@ -384,16 +363,16 @@ def score_samples(
 
     table = as_plan(ds, plan)
     s2, mask, p = _cube_arrays(ds, detector_name(detector))
-    pred, pred_rois = _prediction_array(ds, predictions, p)
-    table = table[table["roi"].isin(pred_rois)]
+    pred, keys = _prediction_blocks(ds, predictions, table, p)
+    table = table[[k is not None for k in keys]]
+    keys = [k for k in keys if k is not None]
     name = "evaluate-" + dask.base.tokenize(s2.name, mask.name, pred.name, table, detector)
     layer = {}
-    for k, s in enumerate(table.itertuples()):
+    for k, (s, key) in enumerate(zip(table.itertuples(), keys)):
         i, r, c = int(s.roi_index), int(s.row), int(s.col)
         layer[(name, k, 0)] = (
             _score_block, detector, (s2.name, i, int(s.target), 0, r, c),
-            [(mask.name, i, t, r, c) for t in s.inputs],
-            (pred.name, pred_rois.index(s.roi), 0, r, c))
+            [(mask.name, i, t, r, c) for t in s.inputs], key)
     chunks = ((1,) * len(table), (len(M.METRICS) + 1,))
     return _graph_array(name, layer, [s2, mask, pred], chunks, np.float64), table
 
@@ -444,9 +423,12 @@ def evaluate(
     Parameters
     ----------
     predictions
-        A prediction cube: ``(roi, band, y, x)`` on the cube's grid (any subset of ROIs),
-        reflectance in [0, 1] as float or DN as integers; patches that were not predicted
-        are NaN and are left out.
+        Reflectance in [0, 1] as float, or DN as integers, in one of three layouts: a
+        prediction cube ``(roi, band, y, x)`` on the cube's grid (any subset of ROIs); the
+        flat view ``(patch, band, py, px)`` with the ``roi``/``row``/``col`` coordinates of
+        ``ds.s2cube.patches()`` (any subset of patches); or an array ``(n, band, P, P)``
+        (NumPy, dask, anything array-like) holding plan row ``k``'s prediction at ``k``.
+        Samples without a prediction, or whose prediction is all NaN, are left out.
     plan
         Which slots are inputs and target per sample (see :func:`as_plan`); by default the
         reference's fixed sampler with 3 inputs on every split (:func:`sample_plan`).

@@ -43,26 +43,6 @@ def test_mosaic_averages_clear_inputs_and_fills_where_none_is_clear():
     assert B.MOSAIC_FILL == pytest.approx((0.5 + 1) / 2)  # the toolbox's 0.5 in [-1, 1]
 
 
-def test_median_of_clear_is_the_median_of_the_clear_values():
-    rng = np.random.default_rng(0)
-    values = rng.integers(0, 12000, (40, 7), dtype=np.uint16)
-    clear = rng.random((40, 7)) > 0.4
-    clear[0] = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # all-NaN row
-        expected = np.nanmedian(np.where(clear, values.astype(float), np.nan), axis=1)
-    got = B.median_of_clear(values, clear)
-    np.testing.assert_allclose(got, expected, equal_nan=True)
-    assert np.isnan(got[0])
-
-
-@pytest.mark.parametrize("n", [1, 2, 7, 30])
-def test_the_sorting_network_sorts_like_numpy(n):
-    rng = np.random.default_rng(n)
-    values = rng.integers(0, 65536, (n, 5, 6), dtype=np.uint16)
-    np.testing.assert_array_equal(B.sort_series(values), np.sort(values, axis=0))
-
-
 def test_reflectance_is_the_reference_default_preprocessing():
     np.testing.assert_allclose(B.to_reflectance([0, 5000, 12000]), [0, 0.5, 1.0])
 
@@ -144,6 +124,29 @@ def test_evaluate_takes_any_subset_and_integer_predictions(ds, plan):
     pred = ds.s2cube.baseline(plan.iloc[[0, 3]], "least_cloudy")
     assert list(ds.s2cube.evaluate(pred, plan).samples.index) == list(plan.index[[0, 3]])
     assert target_dn.dtype == np.uint16
+
+
+def test_evaluate_takes_flat_patches_and_arrays_in_plan_order(ds, plan):
+    grid = ds.s2cube.baseline(plan, "mosaic")
+    expected = ds.s2cube.evaluate(grid, plan).samples
+    # the flat view of patches(): a subset of patches, any order
+    p = ds.attrs["patch_size"]
+    flat = ds.s2cube.patches(["s2"]).s2.isel(time=0)
+    flat = flat.copy(data=np.stack([  # the mosaic of each flat patch, where planned
+        grid.sel(roi=r).isel(y=slice(y * p, (y + 1) * p), x=slice(x * p, (x + 1) * p)).values
+        for r, y, x in zip(flat.roi.values, flat.row.values, flat.col.values)]))
+    some = flat.isel(patch=[4, 0, 2])
+    got = ds.s2cube.evaluate(some, plan).samples
+    keys = set(zip(some.roi.values, some.row.values, some.col.values))
+    assert len(got) == sum((r, y, x) in keys for r, y, x in zip(plan.roi, plan.row, plan.col)) > 0
+    pd.testing.assert_frame_equal(got, expected.loc[got.index])
+    # a NumPy array holding plan row k's prediction at k
+    arr = np.stack([grid.sel(roi=s.roi).isel(y=slice(s.row * p, (s.row + 1) * p),
+                                             x=slice(s.col * p, (s.col + 1) * p)).values
+                    for s in plan.itertuples()])
+    pd.testing.assert_frame_equal(ds.s2cube.evaluate(arr, plan).samples, expected)
+    with pytest.raises(ValueError, match="one image per plan row"):
+        ds.s2cube.evaluate(arr[:2], plan)
 
 
 def test_evaluate_reads_only_the_chunks_of_its_samples(small_cube, plan):

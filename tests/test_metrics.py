@@ -149,3 +149,57 @@ def test_metrics_on_real_pixels_equal_plain_formulas():
     assert m["ssim"] == pytest.approx(_naive_ssim(pred, target), abs=1e-9)
     cos = (target * pred).sum(0) / np.linalg.norm(target, axis=0) / np.linalg.norm(pred, axis=0)
     assert m["sam_rad"] == pytest.approx(np.mean(np.arccos(np.clip(cos, -1, 1))), rel=1e-9)
+
+
+def test_the_compiled_kernels_equal_the_numpy_formulas(monkeypatch):
+    from s2cube import fastmetrics
+
+    assert fastmetrics._library() is not None  # CI has a compiler: the fast path must not fall back
+    rng = np.random.default_rng(5)
+    cases = []
+    for shape in ((13, 64, 64), (2, 7, 5), (1, 30, 17), (3, 4, 41)):
+        t = rng.random(shape)
+        p = np.clip(t + rng.normal(0, 0.1, shape), 0, 1)
+        masks = (rng.random((3, *shape[1:])) > 0.8).astype(np.uint8)
+        cases.append((p, t, masks))
+    fast = [(M.image_metrics(p, t, m), M.image_metrics(p, t), M.ssim(p, t, window=7))
+            for p, t, m in cases]
+    monkeypatch.setattr(fastmetrics, "_library", lambda: None)  # NumPy only
+    for (p, t, m), (with_masks, without, ssim7) in zip(cases, fast):
+        for got, expected in ((with_masks, M.image_metrics(p, t, m)), (without, M.image_metrics(p, t))):
+            assert got.keys() == expected.keys()
+            for k in got:
+                assert got[k] == pytest.approx(expected[k], rel=1e-12, abs=1e-12, nan_ok=True), k
+        assert ssim7 == pytest.approx(float(np.mean(M.ssim_map(p, t, window=7))), abs=1e-12)
+
+
+def test_nan_predictions_take_the_numpy_path_and_its_semantics():
+    rng = np.random.default_rng(7)
+    t = rng.random((3, 8, 8))
+    p = t.copy()
+    p[:, 0, 0] = np.nan  # an unpredicted pixel
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[0, 0, 0] = 1  # ... that is the only cloudy one
+    got = M.image_metrics(p, t, masks)
+    assert np.isnan(got["rmse"]) and np.isnan(got["rmse_cloudy"])  # nansum of nothing: no value
+    assert got["rmse_clear"] == 0.0 and got["cloudy_fraction"] == pytest.approx(1 / 64)
+
+
+def test_cloudy_and_clear_errors_skip_nan_errors_like_nansum():
+    rng = np.random.default_rng(6)
+    t = rng.random((3, 8, 8))
+    p = rng.random((3, 8, 8))
+    masks = (rng.random((2, 8, 8)) > 0.7).astype(np.uint8)
+    clean = M.masked_errors(p, t, masks)
+    p_nan = p.copy()
+    p_nan[0, 0, 0] = np.nan  # one NaN error is left out, the rest unchanged
+    cloudy = masks.max(axis=0) > 0
+    d = (t - p_nan)
+    sel = cloudy if cloudy[0, 0] else ~cloudy
+    name = "cloudy" if cloudy[0, 0] else "clear"
+    vals = d[:, sel]
+    expected = math.sqrt(np.nansum(vals**2) / np.count_nonzero(~np.isnan(vals)))
+    assert M.masked_errors(p_nan, t, masks)[f"rmse_{name}"] == pytest.approx(expected, rel=1e-12)
+    other = "clear" if name == "cloudy" else "cloudy"
+    got = M.masked_errors(p_nan, t, masks)[f"rmse_{other}"]
+    assert got == pytest.approx(clean[f"rmse_{other}"], rel=1e-12)
