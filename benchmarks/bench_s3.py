@@ -1,7 +1,9 @@
 """S3 backends side by side: fsspec (s3fs) vs obstore, for what s2cube does on S3.
 
-    .venv/bin/python benchmarks/bench_s3.py [zarr] [objects] [convert] [open]
+    .venv/bin/python benchmarks/bench_s3.py [zarr] [objects] [convert] [open] [retry]
         [--patch 96] [--grid 3] [--repeat 3] [--json out.json]
+        [--fail-rate 0.01] [--retry-samples 1000] [--retry-backend obstore] [--workdir DIR]
+        [--init-backoff-ms MS] [--backoff-base B]
 
 Starts SeaweedFS (``weed mini``, loopback only; its startup time is measured too) and
 measures, per backend (``s2cube.storage`` with ``backend="fsspec"`` or ``"obstore"``):
@@ -24,8 +26,17 @@ measures, per backend (``s2cube.storage`` with ``backend="fsspec"`` or ``"obstor
            open (a fresh process's state): seconds, and the HTTP requests it makes, counted
            by a loopback proxy in front of the server (every GET/HEAD/list), next to the
            targets (< 0.5 s, <= 5 requests).
+- retry:   what retries cost the loader when S3 fails some requests: bench_loader's S3 row
+           (its 256 px cube and samples, ``SampleReader`` raw, 2 threads, batch 8) read
+           directly, through a loopback proxy (``s2cube.testing.FaultyS3Proxy``) that
+           forwards everything, and through the same proxy failing ``--fail-rate`` of the
+           requests with S3's 503 SlowDown; interleaved runs, samples/s over the time in
+           ``read``. Prints the requests and failures per run, the proxy's own overhead
+           (1 - proxied / direct at 0 %), the retry cost 1 - rate(1 %) / rate(0 %) next to
+           the target (< 10 %), and whether every run read every sample bit-identical to
+           the direct one (SHA-256 per sample).
 
-Medians of ``--repeat`` runs; backends alternate.
+Medians of ``--repeat`` runs; backends alternate (retry: medians and bests).
 """
 
 from __future__ import annotations
@@ -167,58 +178,6 @@ OPEN_TARGET_S = 0.5
 OPEN_TARGET_REQUESTS = 5
 
 
-class CountingProxy:
-    """An HTTP proxy on 127.0.0.1 in front of ``upstream`` that counts the requests it
-    forwards (method and path). The Host header is passed on as is, so signatures hold."""
-
-    def __init__(self, upstream: str) -> None:
-        import http.client
-        import http.server
-        import threading
-        from urllib.parse import urlsplit
-
-        up = urlsplit(upstream)
-        self.requests: list[tuple[str, str]] = []
-        lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:  # quiet
-                pass
-
-            def _forward(self) -> None:
-                with lock:
-                    proxy.requests.append((self.command, self.path))
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status, resp.reason)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _fresh_s2cube_state() -> None:
     """Forget what s2cube caches per process about S3 (settings, filesystems)."""
     from s2cube import storage
@@ -231,6 +190,7 @@ def bench_open(server, tmp: Path, runs: int) -> dict:
     from dask.distributed import Client
 
     import s2cube
+    from s2cube.testing import FaultyS3Proxy
     from s2cube_conversion import convert
     from s2cube_conversion.synth import synthesize_archive
 
@@ -250,21 +210,162 @@ def bench_open(server, tmp: Path, runs: int) -> dict:
         t0 = time.perf_counter()
         s2cube.open_cube(url, storage_options=opts)
         seconds.append(time.perf_counter() - t0)
-    proxy = CountingProxy(server.endpoint_url)
     counts, via_proxy = [], []
-    try:
+    with FaultyS3Proxy(server.endpoint_url) as proxy:  # fail_rate 0: counts only
         popts = {**opts, "endpoint_url": proxy.url}
         for _ in range(runs):
             _fresh_s2cube_state()
-            proxy.requests.clear()
+            proxy.reset()
             t0 = time.perf_counter()
             s2cube.open_cube(url, storage_options=popts)
             via_proxy.append(time.perf_counter() - t0)
             counts.append(list(proxy.requests))
-    finally:
-        proxy.close()
     return {"seconds": seconds, "seconds_via_proxy": via_proxy,
             "requests": [len(c) for c in counts], "first_requests": counts[0]}
+
+
+RETRY_TARGET = 0.10
+
+
+def _read_epoch(meta, samples: list, threads: int, batch: int) -> tuple[float, list[bytes]]:
+    """bench_loader's S3 row (``run_ours``, raw values), keeping a digest of every sample.
+
+    Returns samples/s over the time spent in ``SampleReader.read`` (the digests are taken
+    between batches, off the clock) and one SHA-256 per sample of its S2, S1 and mask arrays.
+    """
+    import hashlib
+
+    from s2cube.samples import SampleReader
+
+    sr = SampleReader(meta, detector="s2cloudless_mask", rescale_method=None, threads=threads)
+    arr = np.array([s[:3] for s in samples])
+    slots = np.array([s[3] for s in samples])
+    sr.read(arr[:1, 0], arr[:1, 1], arr[:1, 2], slots[:1])  # open the store and the pool
+    busy, digests = 0.0, []
+    for i in range(0, len(samples), batch):
+        sl = slice(i, i + batch)
+        t0 = time.perf_counter()
+        out = sr.read(arr[sl, 0], arr[sl, 1], arr[sl, 2], slots[sl])
+        busy += time.perf_counter() - t0
+        for j in range(len(arr[sl])):
+            h = hashlib.sha256()
+            for key in ("S2", "S1", "masks"):
+                h.update(np.ascontiguousarray(out[key][j]).data)
+            digests.append(h.digest())
+        del out
+    sr.close()
+    return len(samples) / busy, digests
+
+
+def bench_retry(server, args) -> dict:
+    """Loader throughput direct, through the proxy at 0 % and at ``--fail-rate`` failures."""
+    import os
+    import tempfile
+
+    import bench_loader  # the loader benchmark's cube, samples and reader (benchmarks/)
+
+    from s2cube import reader, storage
+    from s2cube.testing import FaultyS3Proxy
+    from s2cube_conversion.synth import DEFAULT_ROIS
+
+    grid = tuple(int(v) for v in args.retry_grid.split("x"))
+    rois = list(DEFAULT_ROIS[: args.retry_rois])
+    tmp = None
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_s3_retry_")
+        workdir = Path(tmp.name)
+    try:
+        t0 = time.perf_counter()
+        data = bench_loader.build(workdir, rois, grid, 256)
+        _, _, samples = bench_loader.plan_samples(data["cube"], args.retry_samples)
+        n = server.upload_folder(data["cube"], "bench", "retry/cube.zarr")
+        setup = time.perf_counter() - t0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    os.environ["S2CUBE_STORAGE_BACKEND"] = args.retry_backend
+    if args.init_backoff_ms is not None:  # read by storage.obstore_s3 at each call
+        storage.RETRY_INIT_BACKOFF_MS = args.init_backoff_ms
+    if args.backoff_base is not None:
+        storage.RETRY_BACKOFF_BASE = args.backoff_base
+    url, opts = "s3://bench/retry/cube.zarr", server.storage_options("reader")
+    kinds = ("direct", "proxy 0 %", f"proxy {100 * args.fail_rate:g} %")
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    requests: dict[str, list[int]] = {k: [] for k in kinds}
+    failed: dict[str, list[int]] = {k: [] for k in kinds}
+    reference: list[bytes] | None = None
+    identical = True
+    with FaultyS3Proxy(server.endpoint_url, seed=args.seed) as proxy:
+        popts = {**opts, "endpoint_url": proxy.url}
+        for run in range(args.repeat):  # interleaved, order rotated: the machine is shared
+            order = kinds[run % 3:] + kinds[:run % 3]
+            for kind in order:
+                proxy.fail_rate = 0.0
+                meta = reader.load_meta(url, opts if kind == "direct" else popts)
+                proxy.reset()
+                proxy.fail_rate = args.fail_rate if kind == kinds[2] else 0.0
+                rate, digests = _read_epoch(meta, samples, args.threads, args.batch)
+                rates[kind].append(rate)
+                if kind != "direct":
+                    requests[kind].append(proxy.forwarded + proxy.failed)
+                    failed[kind].append(proxy.failed)
+                if reference is None:
+                    reference = digests
+                elif digests != reference:
+                    identical = False
+    os.environ.pop("S2CUBE_STORAGE_BACKEND", None)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    best = {k: max(v) for k, v in rates.items()}
+    return {"kinds": kinds, "rates": rates, "median": med, "best": best, "requests": requests,
+            "failed": failed, "identical": identical, "samples": len(samples), "objects": n,
+            "rois": len(rois), "grid": grid, "setup_s": setup,
+            "cost_median": 1 - med[kinds[2]] / med[kinds[1]],
+            "cost_best": 1 - best[kinds[2]] / best[kinds[1]],
+            "proxy_overhead_median": 1 - med[kinds[1]] / med[kinds[0]],
+            "proxy_overhead_best": 1 - best[kinds[1]] / best[kinds[0]],
+            "retry": _retry_settings(storage, args.retry_backend)}
+
+
+def _retry_settings(storage, backend: str) -> str:
+    if backend == "obstore":
+        return (f"obstore: first backoff {storage.RETRY_INIT_BACKOFF_MS} ms, then uniform in "
+                f"[init, {storage.RETRY_BACKOFF_BASE:g} x previous], at most "
+                f"{storage.RETRY_MAX_BACKOFF_S:g} s; no new retry after "
+                f"{storage.RETRY_BUDGET_S} s or {storage.MAX_RETRIES} retries")
+    return (f"botocore standard mode, {storage.MAX_ATTEMPTS} attempts, backoff rand(0, 1) x "
+            "2**retry s (cap 20 s); s3fs retries SlowDown on top")
+
+
+def _print_retry(res: dict, args) -> None:
+    import os
+
+    direct, zero, faulty = res["kinds"]
+    print(f"\nretry cost: bench_loader's S3 row (seq2point n=3, S1+S2+masks, raw, "
+          f"{res['samples']} samples of 256x256 px, {res['rois']} ROIs x "
+          f"{res['grid'][0]}x{res['grid'][1]} patches, {args.threads} threads, batch "
+          f"{args.batch}, {args.retry_backend}); {args.repeat} interleaved runs each; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; setup "
+          f"{res['setup_s']:.0f} s")
+    print(f"retries: {res['retry']}")
+    print(f"{'run':<14}{'requests':>16}{'failed (503)':>16}{'samples/s median':>18}"
+          f"{'best':>8}   all runs")
+    for kind in res["kinds"]:
+        reqs = "-" if kind == direct else "/".join(str(v) for v in res["requests"][kind])
+        fails = "-" if kind == direct else "/".join(str(v) for v in res["failed"][kind])
+        print(f"{kind:<14}{reqs:>16}{fails:>16}{res['median'][kind]:>18.1f}"
+              f"{res['best'][kind]:>8.1f}   {[round(r, 1) for r in res['rates'][kind]]}")
+    ok = res["cost_median"] < RETRY_TARGET
+    print(f"proxy overhead 1 - rate({zero}) / rate({direct}): {res['proxy_overhead_median']:.1%}"
+          f" of medians, {res['proxy_overhead_best']:.1%} of bests")
+    print(f"retry cost     1 - rate({faulty}) / rate({zero}): {res['cost_median']:.1%} of "
+          f"medians, {res['cost_best']:.1%} of bests   target < {RETRY_TARGET:.0%}   "
+          f"{'ok' if ok else 'MISSED'}")
+    same = ("every run read every sample bit-identical to the first (direct) run"
+            if res["identical"] else "a run read DIFFERENT pixels than the first (direct) run")
+    print(f"samples: {same} (SHA-256 of each sample's S2, S1 and masks)")
 
 
 def _table(title: str, results: dict[str, list[dict]]) -> dict:
@@ -284,13 +385,28 @@ def main() -> None:
     import tempfile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("sections", nargs="*", choices=["zarr", "objects", "convert", "open", []])
+    ap.add_argument("sections", nargs="*",
+                    choices=["zarr", "objects", "convert", "open", "retry", []])
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--grid", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    retry = ap.add_argument_group("retry")
+    retry.add_argument("--fail-rate", type=float, default=0.01,
+                       help="fraction of requests the proxy fails with 503 SlowDown")
+    retry.add_argument("--retry-samples", type=int, default=1000, help="samples per run")
+    retry.add_argument("--retry-rois", type=int, default=2)
+    retry.add_argument("--retry-grid", default="3x3", help="patches per ROI, RxC")
+    retry.add_argument("--retry-backend", choices=BACKENDS, default="obstore")
+    retry.add_argument("--threads", type=int, default=2)
+    retry.add_argument("--batch", type=int, default=8)
+    retry.add_argument("--seed", type=int, default=0, help="seed of the proxy's failures")
+    retry.add_argument("--workdir", help="keep (and reuse) the synthetic archive and cube here")
+    retry.add_argument("--init-backoff-ms", type=int,
+                       help="obstore's first backoff instead of s2cube's (for comparisons)")
+    retry.add_argument("--backoff-base", type=float, help="obstore's backoff base instead")
     args = ap.parse_args()
-    args.sections = args.sections or ["zarr", "objects", "convert", "open"]
+    args.sections = args.sections or ["zarr", "objects", "convert", "open", "retry"]
 
     from s2cube.testing import SeaweedServer
 
@@ -339,6 +455,10 @@ def main() -> None:
                   f"{OPEN_TARGET_REQUESTS}   {'ok' if requests <= OPEN_TARGET_REQUESTS else 'MISSED'}")
             for method, path in res["first_requests"]:
                 print(f"          {method} {path}")
+        if "retry" in args.sections:
+            res = bench_retry(server, args)
+            report["retry"] = res
+            _print_retry(res, args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

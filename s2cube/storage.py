@@ -24,6 +24,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, Literal
 
 from s2cube.errors import StorageError
@@ -41,12 +42,27 @@ Backend = Literal["fsspec", "obstore"]
 DEFAULT_BACKEND: Backend = "obstore"
 
 #: Data path: transient errors (connection refused or reset, timeouts, 5xx, throttling)
-#: are retried with exponential backoff for up to ~30 s, enough to ride out a server
+#: are retried with growing backoff for up to ~30 s, enough to ride out a server
 #: restart; connecting gives up after a few seconds per attempt.
 CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 60
-MAX_ATTEMPTS = 7  # botocore "standard" mode: 6 retries, jittered 2**n s backoff (cap 20 s)
-RETRY_BUDGET_S = 30  # obstore: no new retry after this long
+#: s3fs: botocore "standard" mode, 6 retries, each after rand(0, 1) x 2**n s (cap 20 s),
+#: so ~0.5 s on average before the first one; botocore takes no other backoff setting.
+#: On top, s3fs makes up to 5 such calls on SlowDown or a connection error (0.1 x 1.7**n s apart).
+MAX_ATTEMPTS = 7
+#: obstore: the first retry after RETRY_INIT_BACKOFF_MS, each next one after a wait drawn
+#: uniformly in [init, RETRY_BACKOFF_BASE x the previous wait] (at most RETRY_MAX_BACKOFF_S);
+#: no new retry once RETRY_BUDGET_S have passed. A lone failed request (a 503 SlowDown, a
+#: reset connection) thus holds up its batch ~5 ms, not the 200 ms it did before (the
+#: retry cost at 1 % failed requests, BENCHMARKS.md), while repeated failures back off
+#: geometrically: a median 0.16, 2.2, 16 s have passed after 5, 10, 15 retries. The count
+#: runs out before the time budget with odds below 1e-4, so against a server that is down
+#: the budget, not the count, ends the retries.
+RETRY_INIT_BACKOFF_MS = 5
+RETRY_BACKOFF_BASE = 4
+RETRY_MAX_BACKOFF_S = 5
+MAX_RETRIES = 80
+RETRY_BUDGET_S = 30
 #: Preflight checks (:func:`check_access`) fail fast instead: a wrong endpoint,
 #: credential, bucket or permission is reported within a few seconds.
 PREFLIGHT_TIMEOUT_S = 2
@@ -138,6 +154,9 @@ class S3Settings:
     key: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    #: the credentials expire and botocore refreshes them (assume-role, SSO,
+    #: ``credential_process``, container roles): obstore then asks :class:`RefreshingCredentials`
+    refreshable: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -176,7 +195,46 @@ def _resolve(frozen: str, env: tuple) -> S3Settings:
     frozen_creds = creds.get_frozen_credentials()
     _remember_secret(frozen_creds.secret_key, frozen_creds.token)
     return S3Settings(endpoint, region, False, _describe_method(creds.method, session),
-                      frozen_creds.access_key, frozen_creds.secret_key, frozen_creds.token)
+                      frozen_creds.access_key, frozen_creds.secret_key, frozen_creds.token,
+                      refreshable=hasattr(creds, "refresh_needed"))
+
+
+class RefreshingCredentials:
+    """An obstore ``credential_provider`` over botocore's refreshable credentials.
+
+    Temporary credentials (an assumed role, SSO, a ``credential_process``, a container
+    role) expire, often within the hour, while a training run or a conversion goes on for
+    days. obstore calls this when its cached credential is about to expire; botocore
+    refreshes from the same source. It pickles as its ``storage_options`` only (no secret),
+    so each process that unpickles a store (dask workers, DataLoader workers) resolves its
+    own credentials.
+    """
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+        self._creds: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.options, self._creds = state["options"], None
+
+    def __call__(self) -> dict[str, Any]:
+        if self._creds is None:
+            import botocore.session
+
+            creds = botocore.session.Session(profile=self.options.get("profile")).get_credentials()
+            if creds is None:
+                raise StorageError("the AWS credentials that were found before are gone; check "
+                                   "AWS_PROFILE and the AWS config files")
+            self._creds = creds
+        frozen = self._creds.get_frozen_credentials()  # refreshes when near expiry
+        _remember_secret(frozen.secret_key, frozen.token)
+        expiry = getattr(self._creds, "_expiry_time", None)  # botocore's, in dateutil's tz
+        return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key,
+                "token": frozen.token,
+                "expires_at": None if expiry is None else expiry.astimezone(UTC)}
 
 
 def _explicit_settings(opts: dict[str, Any], endpoint, region) -> S3Settings | None:
@@ -235,6 +293,8 @@ def _describe_method(method: str, session) -> str:
     if method in ("shared-credentials-file", "config-file"):
         profile = session.profile or "default"
         return f"profile {profile!r} of the AWS {method.replace('-', ' ')}"
+    if method == "custom-process":
+        return f"credential_process of profile {session.profile or 'default'!r}"
     return f"botocore provider {method!r}"
 
 
@@ -276,8 +336,11 @@ def obstore_s3(loc: Location, *, settings: S3Settings | None = None):
     config: dict[str, Any] = {"region": s.region}
     if s.endpoint_url:
         config["endpoint"] = s.endpoint_url
+    provider = None
     if s.anon:
         config["skip_signature"] = True
+    elif s.refreshable:
+        provider = RefreshingCredentials(loc.storage_options)
     elif s.key:
         config |= {"access_key_id": s.key, "secret_access_key": s.secret}
         if s.token:
@@ -287,14 +350,13 @@ def obstore_s3(loc: Location, *, settings: S3Settings | None = None):
     client = {"connect_timeout": timedelta(seconds=CONNECT_TIMEOUT_S),
               "timeout": timedelta(seconds=10 * READ_TIMEOUT_S),
               "allow_http": bool(s.endpoint_url and s.endpoint_url.startswith("http://"))}
-    # object_store draws each backoff uniformly in [init, previous * base]: with these,
-    # a median 1, 3, 7, 17 s have passed after 3, 5, 7, 10 retries (default: 10 retries in
-    # ~2 s, shorter than a server restart).
-    retry = {"max_retries": 15, "retry_timeout": timedelta(seconds=RETRY_BUDGET_S),
-             "backoff": {"init_backoff": timedelta(milliseconds=200),
-                         "max_backoff": timedelta(seconds=5), "base": 3}}
+    # fast first retries, a time budget that outlasts a server restart: see RETRY_* above
+    retry = {"max_retries": MAX_RETRIES, "retry_timeout": timedelta(seconds=RETRY_BUDGET_S),
+             "backoff": {"init_backoff": timedelta(milliseconds=RETRY_INIT_BACKOFF_MS),
+                         "max_backoff": timedelta(seconds=RETRY_MAX_BACKOFF_S),
+                         "base": RETRY_BACKOFF_BASE}}
     return S3Store(loc.bucket, prefix=loc.key or None, config=config, client_options=client,
-                   retry_config=retry)
+                   retry_config=retry, credential_provider=provider)
 
 
 # --- filesystems and zarr stores ------------------------------------------------------

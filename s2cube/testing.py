@@ -1,7 +1,9 @@
 """Real servers for tests, benchmarks and the demo, on loopback only.
 
 - :class:`SeaweedServer`: an S3 server, SeaweedFS ``weed mini``;
-- :class:`DaskProcessCluster`: a dask scheduler and workers as separate processes.
+- :class:`DaskProcessCluster`: a dask scheduler and workers as separate processes;
+- :class:`FaultyS3Proxy`: an HTTP proxy in front of the S3 server that counts requests and
+  fails a seeded random fraction of them as a throttling S3 does (503 ``SlowDown``).
 
 Not imported by ``import s2cube``. Usage::
 
@@ -366,6 +368,168 @@ class SeaweedServer(_Started):
                 proc.kill()
                 proc.wait()
         self._remove_sockets()
+
+
+class FaultyS3Proxy:
+    """An HTTP proxy on 127.0.0.1 in front of a loopback S3 server that counts requests and
+    answers a seeded random fraction of them with a throttling error (a context manager).
+
+    A request picked to fail gets what S3 answers when throttling, HTTP 503 with an
+    ``<Error><Code>SlowDown</Code>...`` XML body, and is not forwarded; every other request
+    is forwarded as is (the Host header too, so signatures hold). One thread per client
+    connection, each with its own kept-alive connection to the server.
+
+    Parameters
+    ----------
+    upstream
+        Endpoint URL of the server, on loopback (e.g. ``SeaweedServer.endpoint_url``).
+    fail_rate
+        Fraction of requests to fail, 0 to 1; may be changed while the proxy runs.
+    seed
+        Seed of the draws that pick the failing requests.
+
+    Attributes
+    ----------
+    url
+        The proxy's endpoint URL (``http://127.0.0.1:<port>``).
+    requests
+        ``(method, path)`` of every request received, failed or forwarded.
+    forwarded, failed
+        Counts of requests forwarded and failed since the start or the last :meth:`reset`.
+    """
+
+    def __init__(self, upstream: str, *, fail_rate: float = 0.0, seed: int = 0) -> None:
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+        from xml.sax.saxutils import escape
+
+        up = urlsplit(upstream)
+        if up.scheme != "http" or up.hostname not in (HOST, "localhost") or up.port is None:
+            raise ValueError(f"upstream {upstream!r} is not http://127.0.0.1:<port>")
+        if not 0.0 <= fail_rate <= 1.0:
+            raise ValueError(f"fail_rate {fail_rate} is not between 0 and 1")
+        self.fail_rate = fail_rate
+        self.requests: list[tuple[str, str]] = []
+        self.forwarded = 0
+        self.failed = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        proxy = self
+        host, port = HOST, up.port
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are written separately
+            upstream: http.client.HTTPConnection | None = None
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def finish(self) -> None:
+                super().finish()
+                if self.upstream is not None:
+                    self.upstream.close()
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with proxy._lock:
+                    proxy.requests.append((self.command, self.path))
+                    fail = proxy._rng.random() < proxy.fail_rate
+                    if fail:
+                        proxy.failed += 1
+                        rid = f"s2cube-proxy-{proxy.failed}"
+                    else:
+                        proxy.forwarded += 1
+                if fail:
+                    self._slow_down(rid)
+                    return
+                try:
+                    status, reason, headers, data = self._forward(body)
+                except OSError:  # the server is down or dropped us: what a gateway says
+                    self._reply(502, "Bad Gateway", [("Content-Type", "text/plain")],
+                                b"upstream unreachable")
+                    return
+                self._reply(status, reason, headers, data)
+
+            def _forward(self, body: bytes | None) -> tuple[int, str, list, bytes]:
+                headers = dict(self.headers)
+                for attempt in (1, 2):  # a kept-alive connection the server closed: redial
+                    if self.upstream is None:
+                        self.upstream = http.client.HTTPConnection(host, port, timeout=60)
+                    try:
+                        self.upstream.request(self.command, self.path, body=body,
+                                              headers=headers)
+                        resp = self.upstream.getresponse()
+                        data = resp.read()
+                    except (http.client.HTTPException, OSError):
+                        self.upstream.close()
+                        self.upstream = None
+                        if attempt == 2:
+                            raise OSError("upstream failed") from None
+                        continue
+                    if resp.will_close:
+                        self.upstream.close()
+                        self.upstream = None
+                    return resp.status, resp.reason, resp.getheaders(), data
+                raise AssertionError("unreachable")
+
+            def _slow_down(self, rid: str) -> None:
+                xml = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
+                       "<Message>Please reduce your request rate.</Message>"
+                       f"<Resource>{escape(self.path)}</Resource><RequestId>{rid}</RequestId>"
+                       "</Error>").encode()
+                self._reply(503, "Slow Down", [("Content-Type", "application/xml"),
+                                               ("x-amz-request-id", rid)], xml)
+
+            def _reply(self, status: int, reason: str, headers: list[tuple[str, str]],
+                       data: bytes) -> None:
+                self.send_response_only(status, reason)
+                length = None
+                for key, value in headers:
+                    low = key.lower()
+                    if low == "content-length":
+                        length = value
+                    elif low not in ("transfer-encoding", "connection", "keep-alive"):
+                        self.send_header(key, value)
+                # a HEAD answer keeps the server's length (of the object it did not send)
+                head = self.command == "HEAD"
+                self.send_header("Content-Length", length if head and length else str(len(data)))
+                self.end_headers()
+                if not head and data:
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 128
+
+        self.server = Server((HOST, 0), Handler)
+        self.url = f"http://{HOST}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                        name="s2cube-s3-proxy")
+        self._thread.start()
+
+    def reset(self) -> None:
+        """Forget the requests seen and zero the counts."""
+        with self._lock:
+            self.requests.clear()
+            self.forwarded = self.failed = 0
+
+    def close(self) -> None:
+        """Stop serving and close the listening socket."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> FaultyS3Proxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class DaskProcessCluster(_Started):

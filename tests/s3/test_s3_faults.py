@@ -1,5 +1,6 @@
 """Faults of the object store on the data path: the server is killed and restarted while a
-reader loops over patches; the retries ride it out and every read returns the right pixels."""
+reader loops over patches, or a proxy throttles a fraction of the requests (503 SlowDown);
+the retries ride it out and every read returns the right pixels."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import zarr
 
 from s2cube.storage import parse_location, zarr_store
-from s2cube.testing import SeaweedServer
+from s2cube.testing import FaultyS3Proxy, SeaweedServer
 
 pytestmark = pytest.mark.s3
 
@@ -192,3 +193,60 @@ def test_epoch_survives_a_server_kill_and_restart(own_server, s3_cube):
         assert arrays.keys() == got[pdx].keys()
         for key, value in arrays.items():
             np.testing.assert_array_equal(got[pdx][key], value, err_msg=f"sample {pdx}: {key}")
+
+
+def test_the_proxy_fails_requests_as_a_throttling_s3_does(own_server):
+    """A failed request is an S3 error (503, code SlowDown) that botocore parses; the others
+    are forwarded (signatures hold); the proxy listens on loopback only."""
+    import botocore.session
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    own_server.client().put_object(Bucket="cubes", Key="proxy/probe", Body=b"pixels")
+    with pytest.raises(ValueError, match="is not http:"):
+        FaultyS3Proxy("http://192.0.2.1:8333")
+    with FaultyS3Proxy(own_server.endpoint_url, fail_rate=1.0) as proxy:
+        assert proxy.server.server_address[0] == "127.0.0.1"
+        client = botocore.session.Session().create_client(  # no retries: see each answer
+            "s3", endpoint_url=proxy.url, region_name="us-east-1",
+            aws_access_key_id=own_server.admin.access_key,
+            aws_secret_access_key=own_server.admin.secret_key,
+            config=Config(retries={"total_max_attempts": 1}))
+        with pytest.raises(ClientError) as err:
+            client.get_object(Bucket="cubes", Key="proxy/probe")
+        assert err.value.response["Error"]["Code"] == "SlowDown"
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert (proxy.failed, proxy.forwarded) == (1, 0)
+        proxy.fail_rate = 0.0
+        assert client.get_object(Bucket="cubes", Key="proxy/probe")["Body"].read() == b"pixels"
+        assert client.head_object(Bucket="cubes", Key="proxy/probe")["ContentLength"] == 6
+        assert (proxy.failed, proxy.forwarded) == (1, 2)
+        assert [m for m, _ in proxy.requests] == ["GET", "GET", "HEAD"]
+
+
+@pytest.mark.parametrize("backend", ["obstore", "fsspec"])
+def test_epochs_through_a_throttling_proxy_equal_direct_reads(own_server, s3_cube, backend,
+                                                               monkeypatch):
+    """A proxy fails 10 % of the requests with 503 SlowDown: the retries hide every failure
+    and each epoch yields every sample once, with the pixels of a direct read."""
+    from s2cube.samples import iter_batches
+
+    monkeypatch.setenv("S2CUBE_STORAGE_BACKEND", backend)
+    options = own_server.storage_options()
+    kwargs = dict(split="all", batch_size=1, shuffle=True, seed=3)
+    with FaultyS3Proxy(own_server.endpoint_url, fail_rate=0.1, seed=1) as proxy:
+        proxied = {**options, "endpoint_url": proxy.url}
+        for epoch in range(3):
+            direct = _epoch(iter_batches(s3_cube, storage_options=options, epoch=epoch,
+                                         **kwargs))
+            assert len(direct) >= 4
+            got = _epoch(iter_batches(s3_cube, storage_options=proxied, epoch=epoch, **kwargs))
+            assert sorted(got) == sorted(direct), "the throttled epoch lost or added samples"
+            for pdx, arrays in direct.items():
+                assert arrays.keys() == got[pdx].keys()
+                for key, value in arrays.items():
+                    np.testing.assert_array_equal(got[pdx][key], value,
+                                                  err_msg=f"epoch {epoch}, sample {pdx}: {key}")
+    print(f"{backend}: {proxy.forwarded} requests forwarded, {proxy.failed} failed (503)")
+    assert proxy.failed >= 3, "the proxy failed too few requests to test anything"
+    assert proxy.forwarded > proxy.failed
