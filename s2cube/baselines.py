@@ -242,9 +242,20 @@ def baseline(
     return out if "roi" in ds.dims else out.isel(roi=0)
 
 
+def _along_time(blocks: np.ndarray | list) -> np.ndarray:
+    """A block, or the list of blocks along axis 1 that ``blockwise`` passes, as one array."""
+    if not isinstance(blocks, list):
+        return blocks
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+
+
 def _composite_block(s2: np.ndarray, raw: np.ndarray, frames: np.ndarray,
                      detector: str) -> np.ndarray:
-    """One patch series: s2 ``(1, T, B, P, P)``, raw mask ``(1, T, P, P)``, frames ``(1, T, 1, 1)``."""
+    """One patch series: s2 ``(1, T, B, P, P)``, raw mask ``(1, T, P, P)``, frames ``(1, T, 1, 1)``.
+
+    Each may come as the list of its blocks along ``T`` (one block for shard chunks: no copy).
+    """
+    s2, raw, frames = (_along_time(b) for b in (s2, raw, frames))
     clear = frames.astype(bool) & ~mask_from(raw, detector)
     t, b, h, w = s2.shape[1:]
     med = clear_median(s2[0].reshape(t, b, h * w), clear[0].reshape(t, h * w))
@@ -270,7 +281,7 @@ def composite(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArra
     frames = _blocked(valid_frames(one).transpose("roi", "time", "row", "col"),
                       {"roi": 1, "row": 1, "col": 1})
     data = da.blockwise(_composite_block, "rbyx", s2, "rtbyx", raw, "rtyx", frames, "rtyx",
-                        detector=detector, align_arrays=False, concatenate=True,
+                        detector=detector, align_arrays=False, concatenate=False,
                         dtype=np.float32)
     src = one["s2"]
     coords = {k: v for k, v in src.coords.items() if "time" not in v.dims}

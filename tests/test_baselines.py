@@ -203,3 +203,15 @@ def test_analyses_run_unchanged_on_a_distributed_cluster(small_cube, ds, plan, d
     np.testing.assert_array_equal(on_cluster[1].values, local[1].values)
     assert on_cluster[2].identical(local[2])
     assert len(dask_client.scheduler_info()["workers"]) == 2
+
+
+def test_composite_block_takes_arrays_or_blocks_along_time():
+    rng = np.random.default_rng(0)
+    s2 = rng.integers(0, 10000, (1, 30, 13, 8, 8), dtype=np.uint16)
+    raw = np.zeros((1, 30, 8, 8), np.uint8)
+    frames = np.ones((1, 30, 1, 1), bool)
+    whole = B._composite_block(s2, raw, frames, detector="s2cloudless_mask")
+    split = B._composite_block([s2[:, :10], s2[:, 10:]], [raw[:, :10], raw[:, 10:]],
+                               [frames[:, :10], frames[:, 10:]], detector="s2cloudless_mask")
+    np.testing.assert_array_equal(whole, split)
+    np.testing.assert_allclose(whole[0], np.median(s2[0], axis=0) / 10000, rtol=1e-6)
