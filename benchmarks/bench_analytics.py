@@ -6,7 +6,8 @@ Figures (printed as a markdown table, with the command that made them):
    a store wrapper);
 2. a temporal median composite over one ROI vs the *decode limit*: reading and
    decompressing the same chunks with zarr and nothing else, in as many processes as
-   dask workers (1 and 2);
+   dask workers (1 and 2), each on a LocalCluster with dask's default worker environment
+   and with ``MALLOC_TRIM_THRESHOLD_`` unset;
 3. ``evaluate`` on N seq2point samples vs the decode limit of the chunks it reads (targets,
    input masks and a prediction cube written to disk first);
 4. metric values vs a straightforward NumPy implementation of the reference formulas
