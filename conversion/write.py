@@ -347,10 +347,18 @@ def finalize(cube: Location, layout: list[GridRecord], patch_size: int, attrs: d
     store = zarr_store(cube)
     with _quiet():
         group = zarr.open_group(store, mode="r+", use_consolidated=False)
+        existing = set()
         for name in list(small.variables):
             if name in group:
-                del group[name]
-        encoding = {"s2_date": _DATE_ENCODING, "s1_date": _DATE_ENCODING}
+                # same shape: overwritten in place, so that a second conversion finishing
+                # at the same time never consolidates a moment where they are missing
+                if group[name].shape == small[name].shape:
+                    existing.add(name)
+                else:
+                    del group[name]
+        encoding = {k: v for k, v in {"s2_date": _DATE_ENCODING, "s1_date": _DATE_ENCODING}.items()
+                    if k not in existing}
+        small = small.drop_encoding() if hasattr(small, "drop_encoding") else small
         small.to_zarr(store, mode="a", consolidated=False, zarr_format=3, encoding=encoding)
     problems = {p: m for rec in records.values() for p, m in rec.problems}
     meta = read_root(cube) or {}
