@@ -243,7 +243,8 @@ def read_records(cube: Location) -> dict[str, PatchRecord]:
     fs = filesystem(cube)
     base = f"{cube.path}/{schema.JOURNAL_PREFIX}"
     try:
-        paths = [p for p in fs.find(base) if p.endswith(".json") and not p.endswith(ROOT_META)]
+        paths = [p for p in fs.find(base)
+                 if p.endswith(".json") and p.rsplit("/", 1)[-1] != ROOT_META]
     except FileNotFoundError:
         return {}
     out: dict[str, PatchRecord] = {}
@@ -358,7 +359,7 @@ def finalize(cube: Location, layout: list[GridRecord], patch_size: int, attrs: d
                     del group[name]
         encoding = {k: v for k, v in {"s2_date": _DATE_ENCODING, "s1_date": _DATE_ENCODING}.items()
                     if k not in existing}
-        small = small.drop_encoding() if hasattr(small, "drop_encoding") else small
+        small = small.drop_encoding()
         small.to_zarr(store, mode="a", consolidated=False, zarr_format=3, encoding=encoding)
     problems = {p: m for rec in records.values() for p, m in rec.problems}
     meta = read_root(cube) or {}
