@@ -10,7 +10,7 @@ min/max per comparator), and the middle one or two of its ``n`` clear values are
 float32. NumPy runs a comparator over the whole array at a time: with 30 slots that is ~190
 passes over ~50 MB per 256² patch, several times the cost of decompressing it. The C kernel
 (:data:`KERNEL_C`, compiled on first use by :mod:`s2cube.native`) runs the same network on
-tiles of 256 pixels that stay in L1, vectorised (AVX2 where the CPU has it): ~10× faster,
+tiles of 256 pixels that stay in L1, vectorised (AVX2 where the CPU has it): several times faster,
 below the decode cost. Without a compiler the NumPy path runs, with a log line saying so.
 """
 
