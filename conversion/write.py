@@ -20,6 +20,7 @@ import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -185,14 +186,27 @@ def begin(
             if var == "s1":
                 s1_dtype = str(array.dtype)
             continue
-        zarr.create_array(
-            store, name=var, shape=shape, dtype=s1_dtype if var == "s1" else spec.dtype,
-            chunks=schema.inner_chunks(var, sizes, patch_size),
-            shards=schema.shard_shape(var, sizes, patch_size),
-            fill_value=spec.fill, dimension_names=spec.dims,
-            attributes=_var_attrs(var), **pixel_codecs(var),
-        )
+        try:
+            zarr.create_array(
+                store, name=var, shape=shape, dtype=s1_dtype if var == "s1" else spec.dtype,
+                chunks=schema.inner_chunks(var, sizes, patch_size),
+                shards=schema.shard_shape(var, sizes, patch_size),
+                fill_value=spec.fill, dimension_names=spec.dims,
+                attributes=_var_attrs(var), **pixel_codecs(var),
+            )
+        except _created_meanwhile() as exc:  # another conversion of the same cube made it
+            other = zarr.open_group(store, mode="r+", use_consolidated=False)[var]
+            if other.shape != shape:
+                raise ConversionError(f"{cube.url}: another conversion into this cube is "
+                                      f"starting with another layout ({var} {other.shape}, "
+                                      f"here {shape}); wait for it, then run again") from exc
     return records, s1_dtype
+
+
+def _created_meanwhile() -> tuple[type[BaseException], ...]:
+    import zarr
+
+    return (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError)
 
 
 def layout_sizes(records: list[GridRecord], patch_size: int) -> dict[str, int]:
@@ -335,6 +349,29 @@ def _quiet():
         yield
 
 
+def _write_small(store: Any, small: Any) -> None:
+    """Write the small variables; those of the same shape are overwritten in place.
+
+    In place, so that a second conversion finishing at the same time never consolidates a
+    moment where they are missing.
+    """
+    import zarr
+
+    with _quiet():
+        group = zarr.open_group(store, mode="r+", use_consolidated=False)
+        existing = set()
+        for name in list(small.variables):
+            if name in group:
+                if group[name].shape == small[name].shape:
+                    existing.add(name)
+                else:
+                    del group[name]
+        encoding = {k: v for k, v in {"s2_date": _DATE_ENCODING, "s1_date": _DATE_ENCODING}.items()
+                    if k not in existing}
+        small.drop_encoding().to_zarr(store, mode="a", consolidated=False, zarr_format=3,
+                                      encoding=encoding)
+
+
 def finalize(cube: Location, layout: list[GridRecord], patch_size: int, attrs: dict) -> dict:
     """Write the small variables and coordinates from the journal, then mark the cube complete.
 
@@ -346,21 +383,15 @@ def finalize(cube: Location, layout: list[GridRecord], patch_size: int, attrs: d
     small = small_dataset(records, layout, patch_size)
     root_attrs = (read_root(cube) or {}).get("attributes", {})
     store = zarr_store(cube)
-    with _quiet():
-        group = zarr.open_group(store, mode="r+", use_consolidated=False)
-        existing = set()
-        for name in list(small.variables):
-            if name in group:
-                # same shape: overwritten in place, so that a second conversion finishing
-                # at the same time never consolidates a moment where they are missing
-                if group[name].shape == small[name].shape:
-                    existing.add(name)
-                else:
-                    del group[name]
-        encoding = {k: v for k, v in {"s2_date": _DATE_ENCODING, "s1_date": _DATE_ENCODING}.items()
-                    if k not in existing}
-        small = small.drop_encoding()
-        small.to_zarr(store, mode="a", consolidated=False, zarr_format=3, encoding=encoding)
+    for attempt in range(3):
+        try:
+            _write_small(store, small)
+            break
+        except _created_meanwhile() as exc:  # another conversion finishing: now overwrite theirs
+            if attempt == 2:
+                raise ConversionError(f"{cube.url}: another conversion keeps rewriting this "
+                                      "cube's small variables; wait for it, then run again "
+                                      "(it resumes)") from exc
     problems = {p: m for rec in records.values() for p, m in rec.problems}
     meta = read_root(cube) or {}
     meta.pop("consolidated_metadata", None)

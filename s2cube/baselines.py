@@ -13,6 +13,10 @@
   sample that reads only that sample's chunks, into a table per sample with means per
   ROI, region and split.
 
+Baselines, composites and scores of a Dataset opened by :func:`s2cube.open_cube` read
+their frames inside their own tasks (:mod:`s2cube.direct`); other Datasets go through
+xarray's graph with the same numbers.
+
 Reflectance follows the reference's default preprocessing: ``clip(DN, 0, 10000) / 10000``.
 Cloud masks per detector are those of :func:`s2cube.stats.cloud_mask` (0 clear, 1 cloudy).
 """
@@ -28,8 +32,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from s2cube import direct, schema
 from s2cube import metrics as M
-from s2cube import schema
 from s2cube.median import clear_median
 from s2cube.select import detector_name, patch_table
 from s2cube.stats import _patch_size, mask_from, mask_source, valid_frames
@@ -45,8 +49,16 @@ PLAN_COLUMNS = ("roi", "row", "col", "inputs", "target")
 # --- pure NumPy ------------------------------------------------------------------------
 
 def to_reflectance(dn: Any) -> np.ndarray:
-    """DN to reflectance as the reference's default preprocessing: ``clip(0, 10000) / 10000``."""
-    return np.clip(np.asarray(dn, dtype=np.float32), 0, 10000) / np.float32(10000)
+    """DN to reflectance as the reference's default preprocessing: ``clip(0, 10000) / 10000``.
+
+    float32; integer DN are clipped before the cast (the same values: they are exact in
+    float32), so a frame costs one float array.
+    """
+    a = np.asarray(dn)
+    out = (np.clip(a, 0, 10000).astype(np.float32) if a.dtype.kind in "ui"
+           else np.clip(a.astype(np.float32), 0, 10000))
+    out /= np.float32(10000)
+    return out
 
 
 def least_cloudy_index(masks: Any) -> int:
@@ -182,17 +194,43 @@ def _cube_arrays(ds: xr.Dataset, detector: str):
     return s2, _blocked(raw, {"roi": 1, "time": 1, "y": p, "x": p}), p
 
 
-def _masks(detector: str, raw_blocks: list) -> np.ndarray:
-    """``(n, P, P)`` uint8 masks (1 cloudy) of the raw blocks of the inputs."""
-    return mask_from(np.concatenate([b[0] for b in raw_blocks], axis=0), detector).astype(np.uint8)
+def _direct_pair(ds: xr.Dataset, detector: str):
+    """The direct selections of ``s2`` and the detector's mask source, if both qualify.
+
+    See :mod:`s2cube.direct`: tasks then read their frames themselves, the same values as
+    through the xarray graph at a fraction of the cost.
+    """
+    s2 = direct.selection(ds, "s2")
+    raw = direct.selection(ds, mask_source(detector))
+    if s2 is None or raw is None or (s2.roi, s2.time) != (raw.roi, raw.time):
+        return None
+    return s2, raw
+
+
+def _baseline(method: str, fill: float, detector: str, dn: np.ndarray,
+              raw: np.ndarray) -> np.ndarray:
+    """One sample's baseline ``(1, band, P, P)`` from DN ``(n, band, P, P)``, raw masks ``(n, P, P)``."""
+    x = to_reflectance(dn)
+    m = mask_from(raw, detector).astype(np.uint8)
+    out = least_cloudy(x, m) if method == "least_cloudy" else mosaic(x, m, fill)
+    return np.asarray(out, np.float32)[None]
 
 
 def _baseline_block(method: str, fill: float, detector: str, s2_blocks: list,
                     raw_blocks: list) -> np.ndarray:
-    x = to_reflectance(np.concatenate([b[0] for b in s2_blocks], axis=0))  # (n, band, P, P)
-    m = _masks(detector, raw_blocks)
-    out = least_cloudy(x, m) if method == "least_cloudy" else mosaic(x, m, fill)
-    return np.asarray(out, np.float32)[None]
+    return _baseline(method, fill, detector, np.concatenate([b[0] for b in s2_blocks], axis=0),
+                     np.concatenate([b[0] for b in raw_blocks], axis=0))
+
+
+def _baseline_direct(method: str, fill: float, detector: str, s2: direct.Selection,
+                     raw: direct.Selection, roi: int, row: int, col: int,
+                     inputs: tuple[int, ...]) -> np.ndarray:
+    """:func:`_baseline_block` reading the sample's frames itself (``roi``, ``inputs``: positions)."""
+    dn = s2.frames.read("s2", s2.roi[roi], row, col, [s2.time[t] for t in inputs])
+    if not s2.all_bands:
+        dn = dn[:, list(s2.band)]
+    masks = raw.frames.read(raw.var, raw.roi[roi], row, col, [raw.time[t] for t in inputs])
+    return _baseline(method, fill, detector, dn, masks)
 
 
 def baseline(
@@ -219,6 +257,8 @@ def baseline(
     s2, mask, p = _cube_arrays(ds, detector_name(detector))
     n_roi, n_band = s2.shape[0], s2.shape[2]
     n_rows, n_cols = s2.numblocks[3], s2.numblocks[4]
+    one = ds if "roi" in ds.dims else ds.expand_dims("roi")
+    fast = _direct_pair(ds, detector)
     name = f"baseline-{method}-" + dask.base.tokenize(s2.name, mask.name, table, method, fill)
     layer: dict = {}
     planned = {(int(s.roi_index), int(s.row), int(s.col)): s.inputs for s in table.itertuples()}
@@ -229,13 +269,14 @@ def baseline(
                 key = (name, i, 0, r, c)
                 if inputs is None:
                     layer[key] = (np.full, (1, n_band, p, p), np.nan, np.float32)
+                elif fast is not None:
+                    layer[key] = (_baseline_direct, method, fill, detector, *fast, i, r, c, inputs)
                 else:
                     layer[key] = (_baseline_block, method, fill, detector,
                                   [(s2.name, i, t, 0, r, c) for t in inputs],
                                   [(mask.name, i, t, r, c) for t in inputs])
     chunks = ((1,) * n_roi, (n_band,), (p,) * n_rows, (p,) * n_cols)
-    data = _graph_array(name, layer, [s2, mask], chunks, np.float32)
-    one = ds if "roi" in ds.dims else ds.expand_dims("roi")
+    data = _graph_array(name, layer, [] if fast else [s2, mask], chunks, np.float32)
     coords = {k: one.coords[k] for k in ("roi", "band", "y", "x") if k in one.coords}
     out = xr.DataArray(data, dims=("roi", "band", "y", "x"), coords=coords, name=method)
     out.attrs.update(long_name=f"{method} baseline", units="1", detector=detector)
@@ -262,27 +303,93 @@ def _composite_block(s2: np.ndarray, raw: np.ndarray, frames: np.ndarray,
     return (med / np.float32(10000)).reshape(1, b, h, w)
 
 
+def _cells_of_pixels(ds: xr.Dataset, p: int) -> xr.Dataset:
+    """``ds`` with the per-patch arrays' ``row``/``col`` cut to the patches its ``y``/``x`` hold.
+
+    A spatial selection of the pixels (``ds.isel(y=slice(0, 2 * P))``) leaves the small
+    arrays whole; per-patch work needs both to name the same patches, so the pixels must
+    be whole patches.
+    """
+    cut = {}
+    for pix, cell in (("y", "row"), ("x", "col")):
+        if cell not in ds.dims or pix not in ds.coords or ds.sizes[cell] * p == ds.sizes[pix]:
+            continue
+        v = np.asarray(ds[pix].values)
+        starts = v[::p]
+        whole = (v.size % p == 0 and v.dtype.kind in "iu" and (starts % p == 0).all()
+                 and np.array_equal(v, (starts[:, None] + np.arange(p)).ravel()))
+        if not whole:
+            raise ValueError(f"the selection along {pix!r} cuts patches ({v.size} pixels from "
+                             f"{v[0] if v.size else '-'}); select whole patches of {p} pixels")
+        cut[cell] = starts // p
+    return ds.sel(cut) if cut else ds
+
+
+def _composite_patch(s2: direct.Selection, raw: direct.Selection, detector: str,
+                     valid: np.ndarray, i: int, row: int, col: int, p: int) -> np.ndarray:
+    """:func:`_composite_block` of one patch, reading only its valid frames itself.
+
+    ``valid`` ``(roi, time, row, col)``: the selection's valid frames; ``i`` a position.
+    """
+    ok = np.asarray(valid)[i, :, row, col]
+    n_band = len(s2.band) if s2.band is not None else len(schema.BANDS)
+    slots = [t for t, keep in zip(s2.time, ok) if keep]
+    if not slots:
+        return np.full((1, n_band, p, p), np.nan, np.float32)
+    dn = s2.frames.read("s2", s2.roi[i], row, col, slots, reuse=True)
+    if not s2.all_bands:
+        dn = dn[:, list(s2.band)]
+    clear = ~mask_from(raw.frames.read(raw.var, raw.roi[i], row, col, slots, reuse=True),
+                       detector)
+    med = clear_median(dn.reshape(len(slots), n_band, p * p), clear.reshape(len(slots), p * p))
+    med /= np.float32(10000)
+    return med.reshape(1, n_band, p, p)
+
+
+def _composite_direct(one: xr.Dataset, s2: direct.Selection, raw: direct.Selection,
+                      detector: str, p: int):
+    """The composite as one task per patch reading its series directly (see :mod:`direct`)."""
+    import dask.base
+
+    valid = _blocked(valid_frames(one).transpose("roi", "time", "row", "col"), {})
+    n_roi, n_band = one.sizes["roi"], one.sizes["band"]
+    n_rows, n_cols = one.sizes["y"] // p, one.sizes["x"] // p
+    name = "composite-" + dask.base.tokenize(s2, raw, valid.name, detector)
+    vkey = (valid.name, 0, 0, 0, 0)
+    layer = {(name, i, 0, r, c): (_composite_patch, s2, raw, detector, vkey, i, r, c, p)
+             for i in range(n_roi) for r in range(n_rows) for c in range(n_cols)}
+    chunks = ((1,) * n_roi, (n_band,), (p,) * n_rows, (p,) * n_cols)
+    return _graph_array(name, layer, [valid], chunks, np.float32)
+
+
 def composite(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArray:
     """Temporal median of the clear pixels: reflectance ``(roi, band, y, x)``, NaN if never clear.
 
     Clear: the frame is valid and not blank and the pixel is not cloudy for ``detector``.
-    Lazy; one task per patch over its whole series. Open the cube with
-    ``chunks="shard"`` for this: each series is then read by one zarr call.
+    Lazy; one task per patch over its whole series. On a selection (ROIs, slots, bands) of
+    a cube opened by :func:`s2cube.open_cube` each task reads its patch's valid frames
+    itself (:mod:`s2cube.direct`); otherwise it goes through xarray's graph, where a cube
+    opened with ``chunks="shard"`` reads each series in one zarr call. The pixels must be
+    whole patches.
     """
     import dask.array as da
 
     detector = detector_name(detector)
     p = _patch_size(ds)
-    one = ds if "roi" in ds.dims else ds.expand_dims("roi")
-    s2 = _blocked(one["s2"].transpose("roi", "time", "band", "y", "x"),
-                  {"roi": 1, "y": p, "x": p})
-    raw = _blocked(one[mask_source(detector)].transpose("roi", "time", "y", "x"),
-                   {"roi": 1, "y": p, "x": p})
-    frames = _blocked(valid_frames(one).transpose("roi", "time", "row", "col"),
-                      {"roi": 1, "row": 1, "col": 1})
-    data = da.blockwise(_composite_block, "rbyx", s2, "rtbyx", raw, "rtyx", frames, "rtyx",
-                        detector=detector, align_arrays=False, concatenate=False,
-                        dtype=np.float32)
+    one = _cells_of_pixels(ds if "roi" in ds.dims else ds.expand_dims("roi"), p)
+    fast = _direct_pair(ds, detector)
+    if fast is not None:
+        data = _composite_direct(one, *fast, detector, p)
+    else:
+        s2 = _blocked(one["s2"].transpose("roi", "time", "band", "y", "x"),
+                      {"roi": 1, "y": p, "x": p})
+        raw = _blocked(one[mask_source(detector)].transpose("roi", "time", "y", "x"),
+                       {"roi": 1, "y": p, "x": p})
+        frames = _blocked(valid_frames(one).transpose("roi", "time", "row", "col"),
+                          {"roi": 1, "row": 1, "col": 1})
+        data = da.blockwise(_composite_block, "rbyx", s2, "rtbyx", raw, "rtyx", frames, "rtyx",
+                            detector=detector, align_arrays=False, concatenate=False,
+                            dtype=np.float32)
     src = one["s2"]
     coords = {k: v for k, v in src.coords.items() if "time" not in v.dims}
     out = xr.DataArray(data, dims=("roi", "band", "y", "x"), coords=coords, name="composite",
@@ -349,17 +456,41 @@ def _check_sizes(pred: xr.DataArray, sizes: dict[str, int]) -> None:
             raise ValueError(f"predictions have {pred.sizes[d]} {d}; the cube has {n}")
 
 
-def _score_block(detector: str, target_block: np.ndarray, raw_blocks: list,
-                 pred_block: np.ndarray) -> np.ndarray:
-    target = to_reflectance(target_block[0, 0])
-    pred = pred_block[0]
+def _score(detector: str, target: np.ndarray, raw: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """One sample's row: 1 and the metrics, or NaN where the prediction is all NaN.
+
+    ``target`` ``(band, P, P)`` reflectance (float) or DN (integers), ``raw`` ``(n, P, P)``
+    the inputs' raw masks, ``pred`` ``(band, P, P)`` reflectance (or DN as integers).
+    """
     if pred.dtype.kind in "ui":
         pred = to_reflectance(pred)
-    masks = _masks(detector, raw_blocks)
-    if np.isnan(pred).all():
+    if target.dtype.kind in "ui":
+        target = to_reflectance(target)
+    if pred.size and np.isnan(pred.flat[0]) and np.isnan(pred).all():  # not predicted
         return np.full((1, len(M.METRICS) + 1), np.nan)
+    masks = mask_from(raw, detector).astype(np.uint8)
     row = M.image_metrics(pred, target, masks)
     return np.array([[1.0, *[row[k] for k in M.METRICS]]])
+
+
+def _score_block(detector: str, target_block: np.ndarray, raw_blocks: list,
+                 pred_block: np.ndarray) -> np.ndarray:
+    return _score(detector, target_block[0, 0], np.concatenate([b[0] for b in raw_blocks]),
+                  pred_block[0])
+
+
+def _score_direct(detector: str, s2: direct.Selection, raw: direct.Selection, roi: int,
+                  row: int, col: int, target: int, inputs: tuple[int, ...],
+                  pred_block: np.ndarray) -> np.ndarray:
+    """:func:`_score_block` reading the target and the input masks itself (positions)."""
+    dn = s2.frames.read("s2", s2.roi[roi], row, col, [s2.time[target]], reuse=True)[0]
+    if not s2.all_bands:
+        dn = dn[list(s2.band)]
+    np.clip(dn, 0, 10000, out=dn)  # to_reflectance, in this thread's buffers
+    target_r = np.divide(dn, np.float32(10000), dtype=np.float32,
+                         out=direct.scratch("reflectance", dn.shape, np.float32))
+    masks = raw.frames.read(raw.var, raw.roi[roi], row, col, [raw.time[t] for t in inputs])
+    return _score(detector, target_r, masks, pred_block[0])
 
 
 def score_samples(
@@ -377,15 +508,24 @@ def score_samples(
     pred, keys = _prediction_blocks(ds, predictions, table, p)
     table = table[[k is not None for k in keys]]
     keys = [k for k in keys if k is not None]
-    name = "evaluate-" + dask.base.tokenize(s2.name, mask.name, pred.name, table, detector)
+    fast = _direct_pair(ds, detector)
+    source = direct.block_source(pred) if fast is not None else None
+    name = "evaluate-" + dask.base.tokenize(s2.name, mask.name, pred.name, table, detector, fast)
     layer = {}
     for k, (s, key) in enumerate(zip(table.itertuples(), keys)):
         i, r, c = int(s.roi_index), int(s.row), int(s.col)
-        layer[(name, k, 0)] = (
-            _score_block, detector, (s2.name, i, int(s.target), 0, r, c),
-            [(mask.name, i, t, r, c) for t in s.inputs], key)
+        if fast is not None:  # the task reads its prediction block too where it can
+            block = ((*source, direct.block_slices(pred.chunks, key[1:]))
+                     if source is not None else key)
+            layer[(name, k, 0)] = (_score_direct, detector, *fast, i, r, c, int(s.target),
+                                   s.inputs, block)
+        else:
+            layer[(name, k, 0)] = (
+                _score_block, detector, (s2.name, i, int(s.target), 0, r, c),
+                [(mask.name, i, t, r, c) for t in s.inputs], key)
     chunks = ((1,) * len(table), (len(M.METRICS) + 1,))
-    return _graph_array(name, layer, [s2, mask, pred], chunks, np.float64), table
+    deps = [pred] if fast is not None else [s2, mask, pred]  # culled to what the tasks use
+    return _graph_array(name, layer, deps, chunks, np.float64), table
 
 
 @dataclass(frozen=True)

@@ -32,16 +32,17 @@ from s2cube import native
 logger = logging.getLogger(__name__)
 
 _SSIM_BODY = Template(r"""
-$attr static double ssim_sum_$name(const double *p, const double *t, int64_t B, int64_t H,
+$attr static double ssim_sum_$name(const $T *p, const $T *t, int64_t B, int64_t H,
                                    int64_t W, const double *w, int64_t r, double c1, double c2,
                                    double *vrow, double *out) {
   typedef double vec __attribute__((vector_size($bytes)));
   typedef double uvec __attribute__((vector_size($bytes), aligned(8)));
+  typedef $T tvec __attribute__((vector_size($lanes * sizeof($T)), aligned(sizeof($T))));
   const int L = $lanes;
-  int64_t n = 2 * r + 1, Wp = W + 2 * r + L, Wo = W + L, WL = W - W % L;
+  int64_t n = 2 * r + 1, Wp = W + 2 * r + 2 * L, Wo = W + 2 * L, WL = W - W % L;
   double total = 0.0;
   for (int64_t b = 0; b < B; b++) {
-    const double *pb = p + b * H * W, *tb = t + b * H * W;
+    const $T *pb = p + b * H * W, *tb = t + b * H * W;
     for (int64_t y = 0; y < H; y++) {
       int64_t k0 = y < r ? r - y : 0, k1 = y + r >= H ? H - 1 - y + r : n - 1;
       double *v0 = vrow + r, *v1 = v0 + Wp, *v2 = v1 + Wp, *v3 = v2 + Wp, *v4 = v3 + Wp;
@@ -50,7 +51,8 @@ $attr static double ssim_sum_$name(const double *p, const double *t, int64_t B, 
         for (int64_t k = k0; k <= k1; k++) {
           const double wk = w[k];
           const int64_t o = (y + k - r) * W + x;
-          vec a = *(const uvec *)(tb + o), c = *(const uvec *)(pb + o);
+          vec a = __builtin_convertvector(*(const tvec *)(tb + o), vec);
+          vec c = __builtin_convertvector(*(const tvec *)(pb + o), vec);
           vec wa = wk * a, wc = wk * c;
           a0 += wa; a1 += wc; a2 += wa * a; a3 += wc * c; a4 += wa * c;
         }
@@ -70,10 +72,14 @@ $attr static double ssim_sum_$name(const double *p, const double *t, int64_t B, 
       for (int q = 0; q < 5; q++) {  /* horizontal pass; reads past W land in zero padding */
         const double *src = vrow + q * Wp;
         double *dst = out + q * Wo;
-        for (int64_t x = 0; x < W; x += L) {
-          vec acc = {0};
-          for (int64_t k = 0; k < n; k++) acc += w[k] * *(const uvec *)(src + x + k);
+        for (int64_t x = 0; x < W; x += 2 * L) {  /* two vectors: independent chains */
+          vec acc = {0}, acc2 = {0};
+          for (int64_t k = 0; k < n; k++) {
+            acc += w[k] * *(const uvec *)(src + x + k);
+            acc2 += w[k] * *(const uvec *)(src + x + L + k);
+          }
           *(uvec *)(dst + x) = acc;
+          *(uvec *)(dst + x + L) = acc2;
         }
       }
       const double *m1 = out, *m2 = out + Wo, *e11 = out + 2 * Wo, *e22 = out + 3 * Wo;
@@ -102,52 +108,41 @@ $attr static double ssim_sum_$name(const double *p, const double *t, int64_t B, 
 }
 """)
 
-KERNEL_C = r"""
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-""" + _SSIM_BODY.substitute(name="generic", attr="", bytes=16, lanes=2) + r"""
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_AVX2 1
-""" + _SSIM_BODY.substitute(name="avx2", attr='__attribute__((target("avx2,fma")))', bytes=32,
-                            lanes=4) + r"""
-#endif
-
-/* Sum over bands and pixels of the SSIM map of p and t, (B, H, W) float64 contiguous; w: the
+_ENTRIES = Template(r"""
+/* Sum over bands and pixels of the SSIM map of p and t, (B, H, W) $T contiguous; w: the
    2r+1 taps of the window. *status = 1 when out of memory (the caller then uses NumPy). */
-double s2c_ssim_sum(const double *p, const double *t, int64_t B, int64_t H, int64_t W,
-                    const double *w, int64_t r, double c1, double c2, int64_t *status) {
-  double *vrow = calloc(5 * (W + 2 * r + 4), sizeof(double));  /* zero-padded rows */
-  double *out = calloc(5 * (W + 4), sizeof(double));
+double s2c_ssim_sum_$sfx(const $T *p, const $T *t, int64_t B, int64_t H, int64_t W,
+                         const double *w, int64_t r, double c1, double c2, int64_t *status) {
+  double *vrow = calloc(5 * (W + 2 * r + 8), sizeof(double));  /* zero-padded rows, 2L <= 8 */
+  double *out = calloc(5 * (W + 8), sizeof(double));
   double total = 0.0;
   *status = !vrow || !out;
   if (!*status) {
 #ifdef HAVE_AVX2
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      total = ssim_sum_avx2(p, t, B, H, W, w, r, c1, c2, vrow, out);
+      total = ssim_sum_avx2_$sfx(p, t, B, H, W, w, r, c1, c2, vrow, out);
     else
 #endif
-      total = ssim_sum_generic(p, t, B, H, W, w, r, c1, c2, vrow, out);
+      total = ssim_sum_generic_$sfx(p, t, B, H, W, w, r, c1, c2, vrow, out);
   }
   free(vrow);
   free(out);
   return total;
 }
 
-#define TILE 1024
-/* Error sums and spectral angles of p against t, (B, M) float64 contiguous. cls (M): 1
+/* Error sums and spectral angles of p against t, (B, M) $T contiguous. cls (M): 1
    cloudy, 2 clear, 0 neither (may be NULL). out: [sum d², sum |d|, cloudy: sum d², sum |d|,
    pixels, clear: sum d², sum |d|, pixels, sum of the angles (radians)]. */
-void s2c_errors(const double *p, const double *t, int64_t B, int64_t M, const uint8_t *cls,
-                double *out) {
+CLONES void s2c_errors_$sfx(const $T *p, const $T *t, int64_t B, int64_t M, const uint8_t *cls,
+                     double *out) {
   double sq[TILE], ab[TILE], dot[TILE], tt[TILE], pp[TILE];
   for (int i = 0; i < 9; i++) out[i] = 0.0;
   for (int64_t m0 = 0; m0 < M; m0 += TILE) {
     int64_t w = M - m0 < TILE ? M - m0 : TILE;
     for (int64_t i = 0; i < w; i++) { sq[i] = 0; ab[i] = 0; dot[i] = 0; tt[i] = 0; pp[i] = 0; }
     for (int64_t b = 0; b < B; b++) {
-      const double *pr = p + b * M + m0, *tr = t + b * M + m0;
+      const $T *pr = p + b * M + m0, *tr = t + b * M + m0;
       for (int64_t i = 0; i < w; i++) {
         double a = tr[i], c = pr[i], d = a - c;
         sq[i] += d * d; ab[i] += fabs(d); dot[i] += a * c; tt[i] += a * a; pp[i] += c * c;
@@ -167,7 +162,28 @@ void s2c_errors(const double *p, const double *t, int64_t B, int64_t M, const ui
     }
   }
 }
-"""
+""")
+
+#: input types the kernels take (float32 images are read as they are, widened in registers)
+TYPES = {"f64": "double", "f32": "float"}
+
+
+def _kernel_source() -> str:
+    parts = ["#include <math.h>\n#include <stdint.h>\n#include <stdlib.h>\n#define TILE 1024\n",
+             "#if defined(__x86_64__) && defined(__GNUC__)\n#define HAVE_AVX2 1\n"
+             "#define CLONES __attribute__((target_clones(\"avx2\", \"default\")))\n"
+             "#else\n#define CLONES\n#endif\n"]
+    for sfx, ctype in TYPES.items():
+        parts.append(_SSIM_BODY.substitute(name=f"generic_{sfx}", attr="", bytes=16, lanes=2,
+                                           T=ctype))
+        parts.append("#ifdef HAVE_AVX2\n" + _SSIM_BODY.substitute(
+            name=f"avx2_{sfx}", attr='__attribute__((target("avx2,fma")))', bytes=32, lanes=4,
+            T=ctype) + "#endif\n")
+        parts.append(_ENTRIES.substitute(T=ctype, sfx=sfx))
+    return "".join(parts)
+
+
+KERNEL_C = _kernel_source()
 
 
 @lru_cache(maxsize=1)
@@ -179,15 +195,21 @@ def _library():
         logger.info("metric kernels unavailable, using NumPy (~5x slower): %s", exc)
         return None
     p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    lib.s2c_ssim_sum.argtypes = [p, p, i64, i64, i64, p, i64, f64, f64, p]
-    lib.s2c_ssim_sum.restype = f64
-    lib.s2c_errors.argtypes = [p, p, i64, i64, p, p]
-    lib.s2c_errors.restype = None
+    for sfx in TYPES:
+        ssim = getattr(lib, f"s2c_ssim_sum_{sfx}")
+        ssim.argtypes = [p, p, i64, i64, i64, p, i64, f64, f64, p]
+        ssim.restype = f64
+        errors = getattr(lib, f"s2c_errors_{sfx}")
+        errors.argtypes = [p, p, i64, i64, p, p]
+        errors.restype = None
     return lib
 
 
-def _contiguous(*arrays: np.ndarray) -> list[np.ndarray]:
-    return [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
+def _contiguous(a: np.ndarray, b: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """Both images C-contiguous in one kernel type: float32 if both are, else float64."""
+    dtype = np.float32 if a.dtype == b.dtype == np.float32 else np.float64
+    sfx = "f32" if dtype == np.float32 else "f64"
+    return sfx, np.ascontiguousarray(a, dtype=dtype), np.ascontiguousarray(b, dtype=dtype)
 
 
 def ssim_sum(pred: np.ndarray, target: np.ndarray, taps: np.ndarray, c1: float,
@@ -196,10 +218,12 @@ def ssim_sum(pred: np.ndarray, target: np.ndarray, taps: np.ndarray, c1: float,
     lib = _library()
     if lib is None or pred.ndim < 2 or pred.size == 0:
         return None
-    p, t, w = _contiguous(pred, target, taps)
+    sfx, p, t = _contiguous(pred, target)
+    w = np.ascontiguousarray(taps, dtype=np.float64)
     h, wd = p.shape[-2:]
     status = ctypes.c_int64(0)
-    total = lib.s2c_ssim_sum(p.ctypes.data, t.ctypes.data, p.size // (h * wd), h, wd,
+    kernel = getattr(lib, f"s2c_ssim_sum_{sfx}")
+    total = kernel(p.ctypes.data, t.ctypes.data, p.size // (h * wd), h, wd,
                              w.ctypes.data, len(w) // 2, c1, c2, ctypes.byref(status))
     return None if status.value else float(total)
 
@@ -214,10 +238,11 @@ def error_sums(pred: np.ndarray, target: np.ndarray, classes: np.ndarray | None)
     lib = _library()
     if lib is None or pred.ndim < 2 or pred.size == 0:
         return None
-    p, t = _contiguous(pred, target)
+    sfx, p, t = _contiguous(pred, target)
     m = p.shape[-2] * p.shape[-1]
     cls = None if classes is None else np.ascontiguousarray(classes, dtype=np.uint8)
     out = np.zeros(9)
-    lib.s2c_errors(p.ctypes.data, t.ctypes.data, p.size // m, m,
-                   None if cls is None else cls.ctypes.data, out.ctypes.data)
+    kernel = getattr(lib, f"s2c_errors_{sfx}")
+    kernel(p.ctypes.data, t.ctypes.data, p.size // m, m,
+           None if cls is None else cls.ctypes.data, out.ctypes.data)
     return None if np.isnan(out[0]) else out

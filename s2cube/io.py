@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from s2cube import schema
+from s2cube import direct, schema
 from s2cube.errors import IncompleteCubeError, NotACubeError
 from s2cube.storage import Location, parse_location, redact, storage_error, zarr_store
 
@@ -85,6 +85,7 @@ def open_cube(
     ds = _finish(ds)
     if loc is not None:  # where the fast paths (``ds.s2cube.batches``) read from; no secrets
         ds.encoding["s2cube_url"] = loc.url
+        direct.remember(ds, loc.url, loc.storage_options)
     return ds
 
 

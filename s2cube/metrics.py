@@ -43,9 +43,11 @@ SSIM_C2 = 0.03**2
 
 
 
-def _pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(pred, dtype=np.float64)
-    t = np.asarray(target, dtype=np.float64)
+def _pair(pred: Any, target: Any, *, keep_float32: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as float64 (or as they are when both are float32 and ``keep_float32``)."""
+    p, t = np.asarray(pred), np.asarray(target)
+    if not (keep_float32 and p.dtype == t.dtype == np.float32):
+        p, t = p.astype(np.float64, copy=False), t.astype(np.float64, copy=False)
     if p.shape != t.shape:
         raise ValueError(f"prediction shape {p.shape} differs from target shape {t.shape}; "
                          "pass two (band, H, W) images of the same size")
@@ -162,10 +164,13 @@ def cloudy_pixels(input_masks: Any) -> tuple[np.ndarray, np.ndarray]:
 
     As the reference: the masks are summed and clipped to [0, 1]; 1 is cloudy and 0 clear.
     """
-    m = np.asarray(input_masks, dtype=np.float64)
+    m = np.asarray(input_masks)
     if m.ndim == 2:
         m = m[None]
-    agg = np.clip(m.sum(axis=0), 0.0, 1.0)
+    if m.dtype.kind in "bu":  # 0/1 (or any non-negative integer) masks: the sum clips at 1
+        cloudy = np.logical_or.reduce(m != 0, axis=0)
+        return cloudy, ~cloudy
+    agg = np.clip(m.astype(np.float64).sum(axis=0), 0.0, 1.0)
     return agg == 1.0, agg == 0.0
 
 
@@ -207,10 +212,11 @@ def image_metrics(pred: Any, target: Any, input_masks: Any | None = None) -> dic
 
     Without ``input_masks`` the cloudy/clear values are NaN.
     """
-    p, t = _pair(pred, target)
+    p, t = _pair(pred, target, keep_float32=True)  # the kernels widen float32 in registers
     fast = _image_metrics_fast(p, t, input_masks)
     if fast is not None:
         return fast
+    p, t = _pair(p, t)
     err = t - p
     sq, ab = err * err, np.abs(err)
     r = np.sqrt(np.mean(sq))

@@ -102,8 +102,11 @@ class ArrayLayout:
         return int(slot % (self.shard or self.chunk)[1]) * math.prod(per[2:])
 
 
-def parse_layout(name: str, meta: dict) -> ArrayLayout:
-    """An :class:`ArrayLayout` from an array's Zarr v3 metadata (the ``zarr.json`` dict)."""
+def parse_layout(name: str, meta: dict, *, cube: bool = True) -> ArrayLayout:
+    """An :class:`ArrayLayout` from an array's Zarr v3 metadata (the ``zarr.json`` dict).
+
+    ``cube``: check that the inner chunks are one patch at one slot, as the frame reads need.
+    """
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
         raise NotACubeError(f"{name} is not a Zarr v3 array")
     shape = tuple(meta["shape"])
@@ -140,7 +143,7 @@ def parse_layout(name: str, meta: dict) -> ArrayLayout:
     enc = meta.get("chunk_key_encoding", {"name": "default"})
     sep = (enc.get("configuration") or {}).get("separator", "/" if enc["name"] == "default" else ".")
     prefix = "c" if enc["name"] == "default" else ""
-    if len(chunk) < 4 or chunk[0] != 1 or chunk[1] != 1 or chunk[-1] != chunk[-2]:
+    if cube and (len(chunk) < 4 or chunk[0] != 1 or chunk[1] != 1 or chunk[-1] != chunk[-2]):
         raise S2CubeError(f"{name}: inner chunks {chunk} are not one square patch at one slot; "
                           "the fast reader needs the cube layout (1, 1, ..., P, P)")
     return ArrayLayout(name, shape, dtype.str, fill, chunk, shard, tuple(compressors),
@@ -278,6 +281,14 @@ class _LocalBackend:
             start, stop = max(size + start, 0), size
         stop = size if stop is None else stop
         return os.pread(fd, stop - start, start)
+
+    def read_into(self, key: str, start: int, stop: int, buf: bytearray) -> memoryview | None:
+        """Bytes ``[start, stop)`` of ``key`` read into ``buf`` (no allocation); None if absent."""
+        got = self._fd(key)
+        if got is None:
+            return None
+        view = memoryview(buf)[:stop - start]
+        return view[:os.preadv(got[0], [view], start)]
 
     def read_many(self, reqs: list[tuple[str, int, int | None]]) -> list[bytes | None]:
         return [self.read(*r) for r in reqs]
@@ -606,10 +617,23 @@ class ChunkReader:
             buf = bufs[key] = np.empty(shape, dtype)
         return buf
 
+    def _bytes(self, st, n: int) -> bytearray:
+        """This thread's read buffer, at least ``n`` bytes: a fresh ``bytes`` per chunk costs
+        page faults wherever glibc serves large allocations by ``mmap`` (dask workers)."""
+        local = st["scratch"]
+        buf = getattr(local, "raw", None)
+        if buf is None or len(buf) < n:
+            buf = local.raw = bytearray(max(n, 1 << 20))
+        return buf
+
     def _one(self, st, req: FrameRequest, rng, data) -> None:
         lay = self.layouts[req.var]
         if rng is not None:
-            data = st["backend"].read(*rng)
+            key, start, stop = rng
+            if stop is None:
+                data = st["backend"].read(*rng)
+            else:
+                data = st["backend"].read_into(key, start, stop, self._bytes(st, stop - start))
         direct = (req.crop is None and req.post is None and req.out.dtype == np.dtype(lay.dtype)
                   and req.out.flags.c_contiguous and req.out.shape == lay.frame_shape)
         frame = req.out if direct else self._scratch(st, lay.frame_shape, lay.dtype)

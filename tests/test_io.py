@@ -6,12 +6,13 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from laziness import raise_if_dask_computes
 
 import s2cube
-from s2cube import schema
+from s2cube import direct, schema
 from s2cube.io import counting_store
 
 pytestmark = pytest.mark.usefixtures("local_threads")
@@ -140,6 +141,17 @@ def test_open_from_s3_reads_one_object_and_the_same_values(small_cube, tmp_path)
         np.testing.assert_array_equal(ds.s2.isel(roi=0, time=3).values,
                                       local.s2.isel(roi=0, time=3).values)
         np.testing.assert_array_equal(ds.coverage.values, local.coverage.values)
+        # analyses whose tasks read their frames themselves, with this open's credentials
+        one = ["ROIs2017_8"]
+        remote = s2cube.open_cube(url, storage_options=options, chunks="shard").s2cube.sel_roi(one)
+        assert direct.selection(remote, "s2") is not None
+        np.testing.assert_array_equal(
+            remote.s2cube.composite().values,
+            s2cube.open_cube(small_cube, chunks="shard").s2cube.sel_roi(one).s2cube.composite().values)
+        plan = local.s2cube.sample_plan(split="all").head(4)
+        pred = local.s2cube.baseline(plan, "mosaic").compute()
+        pd.testing.assert_frame_equal(ds.s2cube.evaluate(pred, plan).samples,
+                                      local.s2cube.evaluate(pred, plan).samples)
         with pytest.raises(s2cube.NotACubeError):
             s2cube.open_cube("s3://cubes/absent.zarr", storage_options=options)
         bad = {**options, "secret": "wrong-secret"}

@@ -157,11 +157,13 @@ def test_the_compiled_kernels_equal_the_numpy_formulas(monkeypatch):
     assert fastmetrics._library() is not None  # CI has a compiler: the fast path must not fall back
     rng = np.random.default_rng(5)
     cases = []
-    for shape in ((13, 64, 64), (2, 7, 5), (1, 30, 17), (3, 4, 41)):
+    for shape in ((13, 64, 64), (2, 7, 5), (1, 30, 17), (3, 4, 41), (2, 9, 13)):
         t = rng.random(shape)
         p = np.clip(t + rng.normal(0, 0.1, shape), 0, 1)
         masks = (rng.random((3, *shape[1:])) > 0.8).astype(np.uint8)
         cases.append((p, t, masks))
+        # float32 images go to the kernels as they are (widened in registers), bool masks too
+        cases.append((p.astype(np.float32), t.astype(np.float32), masks.astype(bool)))
     fast = [(M.image_metrics(p, t, m), M.image_metrics(p, t), M.ssim(p, t, window=7))
             for p, t, m in cases]
     monkeypatch.setattr(fastmetrics, "_library", lambda: None)  # NumPy only
