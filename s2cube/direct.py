@@ -170,8 +170,12 @@ def selection(ds: xr.Dataset, name: str) -> Selection | None:
     if roi is None or time is None or ("band" in var.dims and band is None):
         return None
     options = _OPTIONS.get(info["options"])
-    if options is None:  # opened in another process: the credentials are not here
-        return None
+    if options is None:  # opened in another process: only a local cube needs no options
+        from s2cube.storage import parse_location
+
+        if not parse_location(info["url"]).is_local:
+            return None
+        options = {}
     return Selection(Frames(info["url"], info["options"], options), name, roi, time, band)
 
 

@@ -107,3 +107,15 @@ def test_a_chunk_never_written_reads_as_the_fill_value(tmp_path):
     read = direct.block_source(opened)[0]
     np.testing.assert_array_equal(read((slice(0, 1), slice(8, 16))), [np.arange(8, 16)])
     assert np.isnan(read((slice(1, 2), slice(8, 16)))).all()  # zarr's default fill for floats
+
+
+def test_a_dataset_sent_to_another_process_keeps_direct_reads_only_without_credentials(ds):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(ds))
+    assert direct.selection(copy, "s2") is not None  # a local cube needs no options
+    info = dict(copy.encoding[direct.ENCODING_KEY])
+    remote = copy.copy()
+    remote.encoding[direct.ENCODING_KEY] = {**info, "url": "s3://bucket/cube.zarr",
+                                            "options": "s3://bucket/cube.zarr#unknown"}
+    assert direct.selection(remote, "s2") is None  # its credentials stayed in the other process
