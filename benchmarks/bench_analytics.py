@@ -141,7 +141,8 @@ def _decode_raw(args) -> int:
     for job in args:
         if job[0] == "frames":
             _, cube, var, roi, row, col, slots = job
-            total += Frames(cube, cube, {}).read(var, roi, row, col, slots, reuse=True).nbytes
+            frames = Frames(cube, cube, {}, threads=1)  # one thread, as each dask worker has
+            total += frames.read(var, roi, row, col, slots, reuse=True).nbytes
         else:
             _, folder, layout, slices = job
             total += LocalChunks(folder, layout).read(slices).nbytes

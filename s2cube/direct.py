@@ -44,8 +44,9 @@ _LOCK = threading.Lock()
 def remember(ds: xr.Dataset, url: str, storage_options: dict[str, Any]) -> None:
     """Record in ``ds.encoding`` what the direct path needs (no secrets there).
 
-    The storage options stay in this process's memory, keyed by URL, like fsspec's cache of
-    filesystems; a Dataset unpickled elsewhere finds none and uses the generic graph.
+    The storage options stay in this process's memory, keyed by URL and a digest of them,
+    like fsspec's cache of filesystems; a Dataset unpickled elsewhere finds none and, unless
+    its cube is local, uses the generic graph.
     """
     layers = {name: var.data.name for name, var in ds.data_vars.items()
               if name in schema.PIXEL_VARIABLES and hasattr(var.data, "dask")}
@@ -66,16 +67,18 @@ class Frames:
     url: str
     key: str  # the URL and a digest of the options: one reader per cube and credentials
     storage_options: dict = field(hash=False, compare=False, repr=False)
+    threads: int | None = None  # decoding threads; None: as many as tasks can run at once
 
     def reader(self):
         """This process's :class:`~s2cube.reader.ChunkReader` of the cube (made once)."""
-        key = (self.key, os.getpid())
+        key = (self.key, self.threads, os.getpid())
         got = _READERS.get(key)
         if got is None:
             with _LOCK:
                 got = _READERS.get(key)
                 if got is None:
-                    got = _READERS[key] = _make_reader(self.url, self.storage_options)
+                    got = _READERS[key] = _make_reader(self.url, self.storage_options,
+                                                       self.threads or _task_threads())
         return got
 
     def read(self, var: str, roi: int, row: int, col: int, slots: Any, *,
@@ -116,7 +119,7 @@ def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return buf[:need].reshape(shape)
 
 
-def _make_reader(url: str, storage_options: dict):
+def _make_reader(url: str, storage_options: dict, threads: int):
     import zarr
 
     from s2cube.reader import ChunkReader, parse_layout
@@ -126,7 +129,18 @@ def _make_reader(url: str, storage_options: dict):
                             mode="r")
     layouts = {v: parse_layout(v, group[v].metadata.to_dict())
                for v in schema.PIXEL_VARIABLES if v in group}
-    return ChunkReader(url, layouts, storage_options=storage_options, threads=1)
+    return ChunkReader(url, layouts, storage_options=storage_options, threads=threads)
+
+
+def _task_threads() -> int:
+    """Decoding threads: as many as tasks can run at once here (a dask worker's threads, or
+    the cores for the local threaded scheduler), so concurrent tasks never queue on one."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
