@@ -259,7 +259,8 @@ def baseline(
     n_rows, n_cols = s2.numblocks[3], s2.numblocks[4]
     one = ds if "roi" in ds.dims else ds.expand_dims("roi")
     fast = _direct_pair(ds, detector)
-    name = f"baseline-{method}-" + dask.base.tokenize(s2.name, mask.name, table, method, fill)
+    name = f"baseline-{method}-" + dask.base.tokenize(s2.name, mask.name, table, method, fill,
+                                                      fast)  # the two graphs get their own keys
     layer: dict = {}
     planned = {(int(s.roi_index), int(s.row), int(s.col)): s.inputs for s in table.itertuples()}
     for i in range(n_roi):
