@@ -82,7 +82,7 @@ def bench_cloudiness(cube: Path) -> dict:
     from zarr.storage import LocalStore
 
     import s2cube
-    from s2cube.io import counting_store
+    from s2cube.io.open import counting_store
 
     store, counter = counting_store(LocalStore(str(cube), read_only=True))
     ds = s2cube.open_cube(store)
@@ -204,7 +204,7 @@ def evaluate_jobs(ds, plan, cube: Path, pred_path: Path, pred_rois: list[str]) -
 def evaluate_raw_jobs(plan, cube: Path, pred_path: Path, pred_rois: list[str]) -> list:
     import json
 
-    from s2cube.reader import parse_layout
+    from s2cube.io.reader import parse_layout
 
     folder = pred_path / "prediction"
     layout = parse_layout("prediction", json.loads((folder / "zarr.json").read_text()), cube=False)
@@ -226,8 +226,8 @@ def composite_compute(ds, cube: Path, roi: str) -> float:
     """Seconds of the composite's NumPy work alone (the chunks read beforehand)."""
     import zarr
 
-    from s2cube.baselines import _composite_block
-    from s2cube.stats import valid_frames
+    from s2cube.analysis.baselines import _composite_block
+    from s2cube.analysis.stats import valid_frames
 
     p = ds.attrs["patch_size"]
     i = list(ds.roi.values).index(roi)
@@ -248,7 +248,7 @@ def evaluate_compute(ds, plan, cube: Path, pred_path: Path, pred_rois: list[str]
     """Seconds of evaluate's NumPy work alone (the chunks read beforehand)."""
     import zarr
 
-    from s2cube.baselines import _score_block
+    from s2cube.analysis.baselines import _score_block
 
     p = ds.attrs["patch_size"]
     s2, cm = (zarr.open_array(f"{cube}/{n}", mode="r") for n in ("s2", "cloud_mask"))
@@ -296,7 +296,7 @@ def plain_metrics(pred: np.ndarray, target: np.ndarray, masks: np.ndarray) -> di
 
 
 def bench_metrics() -> dict:
-    from s2cube import metrics as M
+    from s2cube.analysis import metrics as M
 
     rng = np.random.default_rng(0)
     cases = []

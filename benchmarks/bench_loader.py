@@ -78,7 +78,7 @@ def write_masks(archive: Path, cube: Path, masks: Path) -> None:
     import rasterio
     import zarr
 
-    from s2cube import reader
+    from s2cube.io import reader
 
     meta = reader.load_meta(cube, allow_incomplete=True)
     p = meta.patch_size
@@ -106,7 +106,8 @@ def plan_samples(cube: Path, n: int, seed: int = 0):
     """``n`` samples (roi, row, col, slots): the random sampler on the masks' coverage."""
     import zarr
 
-    from s2cube import reader, sampling
+    from s2cube.io import reader
+    from s2cube.plans import rules as sampling
 
     meta = reader.load_meta(cube)
     index = sampling.patch_index(meta.patch_id, meta.roi_names)
@@ -129,7 +130,7 @@ def plan_samples(cube: Path, n: int, seed: int = 0):
 # --- contenders -------------------------------------------------------------------------------
 
 def run_ours(meta, samples, threads, batch, method):
-    from s2cube.samples import SampleReader
+    from s2cube.training.batches import SampleReader
 
     sr = SampleReader(meta, detector="s2cloudless_mask", rescale_method=method, threads=threads)
     arr = np.array([s[:3] for s in samples])
@@ -145,7 +146,7 @@ def run_ours(meta, samples, threads, batch, method):
 
 
 def run_decode_limit(meta, cube: Path, samples, threads):
-    from s2cube import reader
+    from s2cube.io import reader
 
     cr = reader.ChunkReader(str(cube), meta.layouts, threads=1)
     chunks = []
@@ -245,7 +246,7 @@ def s3_rows(workdir: Path, data: dict, samples, paths, args, local_raw: float,
     """Ours (obstore and s3fs backends) and the GeoTIFF loader from a loopback SeaweedFS."""
     import fsspec
 
-    from s2cube import reader
+    from s2cube.io import reader
     from s2cube.testing import SeaweedServer
 
     rows = []
@@ -307,7 +308,7 @@ def cpu_seconds(pid: int | None = None) -> float:
 def archive_paths(meta, index, archive: Path, masks: Path) -> dict:
     """(roi, row, col, slot) → [S2 tif, S1 tif, mask tif] of the synthetic archive."""
     from s2cube import schema
-    from s2cube.samples import days
+    from s2cube.training.batches import days
 
     out = {}
     s2d, s1d = days(meta.s2_date), days(meta.s1_date)

@@ -6,7 +6,7 @@
         [--init-backoff-ms MS] [--backoff-base B]
 
 Starts SeaweedFS (``weed mini``, loopback only; its startup time is measured too) and
-measures, per backend (``s2cube.storage`` with ``backend="fsspec"`` or ``"obstore"``):
+measures, per backend (``s2cube.io.storage`` with ``backend="fsspec"`` or ``"obstore"``):
 
 - zarr:    an array shaped like the cube's ``s2`` (shard = one patch's 30 slots x 13
            bands, inner chunk = one slot), the converter's codec, pixels cut from the real
@@ -87,7 +87,7 @@ def codecs() -> dict:
 def bench_backend(server, backend: str, data: np.ndarray, patch: int, run: int) -> dict:
     import zarr
 
-    from s2cube.storage import parse_location, zarr_store
+    from s2cube.io.storage import parse_location, zarr_store
 
     loc = parse_location(f"s3://bench/{backend}-{run}.zarr", server.storage_options())
     mb = data.nbytes / 1e6
@@ -123,7 +123,7 @@ def bench_backend(server, backend: str, data: np.ndarray, patch: int, run: int) 
 
 
 def bench_objects(server, backend: str, run: int, n: int = 60, size: int = 200_000) -> dict:
-    from s2cube.storage import filesystem, parse_location
+    from s2cube.io.storage import filesystem, parse_location
 
     loc = parse_location(f"s3://bench/objects-{backend}-{run}", server.storage_options())
     fs = filesystem(loc, backend=backend)
@@ -180,7 +180,7 @@ OPEN_TARGET_REQUESTS = 5
 
 def _fresh_s2cube_state() -> None:
     """Forget what s2cube caches per process about S3 (settings, filesystems)."""
-    from s2cube import storage
+    from s2cube.io import storage
 
     storage._resolve.cache_clear()
     storage._FS_CACHE.clear()
@@ -235,7 +235,7 @@ def _read_epoch(meta, samples: list, threads: int, batch: int) -> tuple[float, l
     """
     import hashlib
 
-    from s2cube.samples import SampleReader
+    from s2cube.training.batches import SampleReader
 
     sr = SampleReader(meta, detector="s2cloudless_mask", rescale_method=None, threads=threads)
     arr = np.array([s[:3] for s in samples])
@@ -264,7 +264,7 @@ def bench_retry(server, args) -> dict:
 
     import bench_loader  # the loader benchmark's cube, samples and reader (benchmarks/)
 
-    from s2cube import reader, storage
+    from s2cube.io import reader, storage
     from s2cube.testing import FaultyS3Proxy
     from s2cube_conversion.synth import DEFAULT_ROIS
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s2cube import native
+from s2cube.kernels import native
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def model_file() -> ModelFile:
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """The directory of cached engines: ``override``, ``$S2CUBE_CACHE_DIR``, or the user cache
-    ``~/.cache/s2cube/clouds`` (see :func:`s2cube.native.cache_dir`)."""
+    ``~/.cache/s2cube/clouds`` (see :func:`s2cube.kernels.native.cache_dir`)."""
     return native.cache_dir("clouds", override)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from s2cube import schema
 from s2cube.errors import ArchiveError
-from s2cube.storage import Location, filesystem
+from s2cube.io.storage import Location, filesystem
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from s2cube import schema
-from s2cube.storage import Location, filesystem, zarr_store
+from s2cube.io.storage import Location, filesystem, zarr_store
 from s2cube_conversion.discover import Problem
 from s2cube_conversion.plan import PatchTask, RoiGrid
 from s2cube_conversion.read import read_patch

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from s2cube import schema
 from s2cube.errors import ArchiveError
-from s2cube.storage import Location, filesystem
+from s2cube.io.storage import Location, filesystem
 from s2cube_conversion.discover import Inventory, Problem, SourceFile
 from s2cube_conversion.read import Georef, read_header
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s2cube.storage import Location, filesystem
+from s2cube.io.storage import Location, filesystem
 from s2cube_conversion.discover import Problem
 
 logger = logging.getLogger(__name__)

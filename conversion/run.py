@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from s2cube import __version__, schema
 from s2cube.errors import ConversionError
-from s2cube.storage import Location, check_access, parse_location, redact
+from s2cube.io.storage import Location, check_access, parse_location, redact
 from s2cube_conversion.discover import Problem, discover
 from s2cube_conversion.patch import Job, convert_patch
 from s2cube_conversion.plan import PatchTask, plan

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from s2cube.storage import Location, parse_location, zarr_store
+from s2cube.io.storage import Location, parse_location, zarr_store
 from s2cube_conversion.discover import Problem, discover
 from s2cube_conversion.plan import PatchTask, RoiGrid, plan
 from s2cube_conversion.read import read_patch

@@ -26,7 +26,7 @@ import numpy as np
 
 from s2cube import schema
 from s2cube.errors import ConversionError, NotACubeError
-from s2cube.storage import Location, filesystem, zarr_store
+from s2cube.io.storage import Location, filesystem, zarr_store
 
 logger = logging.getLogger(__name__)
 

@@ -33,6 +33,6 @@ __all__ = [
 ]
 
 from s2cube.accessor import S2CubeAccessor  # noqa: F401  (registers Dataset.s2cube)
-from s2cube.io import open_cube
+from s2cube.io.open import open_cube
 
 __all__ += ["open_cube"]

@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 import xarray as xr
 
-from s2cube import baselines, georef, indices, quicklook, samples, select, stats
+from s2cube import select
+from s2cube.analysis import baselines, georef, indices, quicklook, stats
+from s2cube.training import batches as samples
 
 
 @xr.register_dataset_accessor("s2cube")

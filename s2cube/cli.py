@@ -33,7 +33,7 @@ def _options(pairs: tuple[str, ...]) -> dict | None:
 
 def _storage_failure(exc: OSError, urls: tuple[str, ...], options: dict | None) -> Exception:
     """An object-store failure as a :class:`StorageError` naming what to fix, if it is one."""
-    from s2cube.storage import parse_location, storage_error
+    from s2cube.io.storage import parse_location, storage_error
 
     for url in urls:
         loc = parse_location(url, options)
@@ -45,7 +45,7 @@ def _storage_failure(exc: OSError, urls: tuple[str, ...], options: dict | None) 
 
 
 def _fail(exc: Exception, options: dict | None = None) -> None:
-    from s2cube.storage import redact
+    from s2cube.io.storage import redact
 
     click.echo(f"error: {redact(str(exc), options)}", err=True)
     sys.exit(2)
@@ -170,8 +170,8 @@ def info(cube, storage) -> None:
     """What CUBE holds, per split and region, with sizes and cloudiness."""
     import xarray as xr
 
-    from s2cube.storage import filesystem, parse_location, zarr_store
-    from s2cube.summary import summarize
+    from s2cube.analysis.summary import summarize
+    from s2cube.io.storage import filesystem, parse_location, zarr_store
 
     options = _options(storage)
     loc = parse_location(cube, options)

@@ -70,7 +70,7 @@ class Frames:
     threads: int | None = None  # decoding threads; None: as many as tasks can run at once
 
     def reader(self):
-        """This process's :class:`~s2cube.reader.ChunkReader` of the cube (made once)."""
+        """This process's :class:`~s2cube.io.reader.ChunkReader` of the cube (made once)."""
         key = (self.key, self.threads, os.getpid())
         got = _READERS.get(key)
         if got is None:
@@ -90,7 +90,7 @@ class Frames:
         of MB; a fresh array per task costs its page faults again, and more in dask
         workers, which return freed memory to the system at once (``MALLOC_TRIM_THRESHOLD_``).
         """
-        from s2cube.reader import FrameRequest
+        from s2cube.io.reader import FrameRequest
 
         reader = self.reader()
         layout = reader.layouts[var]
@@ -122,8 +122,8 @@ def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 def _make_reader(url: str, storage_options: dict, threads: int):
     import zarr
 
-    from s2cube.reader import ChunkReader, parse_layout
-    from s2cube.storage import parse_location, zarr_store
+    from s2cube.io.reader import ChunkReader, parse_layout
+    from s2cube.io.storage import parse_location, zarr_store
 
     group = zarr.open_group(zarr_store(parse_location(url, storage_options), read_only=True),
                             mode="r")
@@ -185,7 +185,7 @@ def selection(ds: xr.Dataset, name: str) -> Selection | None:
         return None
     options = _OPTIONS.get(info["options"])
     if options is None:  # opened in another process: only a local cube needs no options
-        from s2cube.storage import parse_location
+        from s2cube.io.storage import parse_location
 
         if not parse_location(info["url"]).is_local:
             return None
@@ -261,13 +261,13 @@ class LocalChunks:
     """An unsharded Zarr v3 array in a local folder whose dask blocks are its chunks."""
 
     folder: str
-    layout: Any  # s2cube.reader.ArrayLayout
+    layout: Any  # s2cube.io.reader.ArrayLayout
 
     @classmethod
     def of(cls, obj: Any, chunks: tuple[tuple[int, ...], ...]) -> LocalChunks | None:
         """From xarray's wrapper of a zarr array (exactly: no decoding step, whole array)."""
         from s2cube.errors import S2CubeError
-        from s2cube.reader import parse_layout
+        from s2cube.io.reader import parse_layout
 
         try:
             lazy = obj.array.array
@@ -292,7 +292,7 @@ class LocalChunks:
 
     def read(self, slices: tuple[slice, ...]) -> np.ndarray:
         """The block at ``slices``: a view of this thread's buffer, valid until the next read."""
-        from s2cube.reader import _decompress
+        from s2cube.io.reader import _decompress
 
         lay = self.layout
         coords = [s.start // c for s, c in zip(slices, lay.chunk)]

@@ -80,10 +80,10 @@ def patch_table(ds: xr.Dataset, split: str | None = "all",
     """Every patch of the cube in the reference sample order (index ``pdx``).
 
     ROIs in the order of the archive's tables, inside an ROI by ascending patch id (the
-    order of :func:`s2cube.sampling.patch_index`). Columns: ``roi, roi_index, row, col,
+    order of :func:`s2cube.plans.rules.patch_index`). Columns: ``roi, roi_index, row, col,
     patch_id, split, region``. Reads the small ``patch_id`` array, never a pixel.
     """
-    from s2cube.sampling import patch_index
+    from s2cube.plans.rules import patch_index
 
     pid = np.asarray(ds["patch_id"].values)
     names = np.atleast_1d(_roi_labels(ds, "roi"))

@@ -9,7 +9,7 @@ This is the only module of s2cube that imports torch.
 - :func:`make_loader` streams stacked ``(B, T, C, H, W)`` batches (seq2point or seq2seq),
   sharded by distributed rank and DataLoader worker with :class:`ShardedSampler`
   (complete and disjoint in every epoch, deterministic for a seed and an epoch), decoded in
-  threads by :class:`s2cube.samples.SampleReader`, with pinned memory and an optional
+  threads by :class:`s2cube.training.batches.SampleReader`, with pinned memory and an optional
   prefetch to a device.
 """
 
@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from s2cube import samples as _samples
-from s2cube import sampling, schema
-from s2cube.storage import parse_location
+from s2cube import schema
+from s2cube.io.storage import parse_location
+from s2cube.plans import rules as sampling
+from s2cube.training import batches as _samples
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,12 @@ class SEN12MSCRTS(Dataset):
     Parameters
     ----------
     cube
-        Path or URL of the cube (or a :class:`s2cube.reader.CubeMeta`).
+        Path or URL of the cube (or a :class:`s2cube.io.reader.CubeMeta`).
     split, region, cloud_masks, sample_type, sampler, n_input_samples, rescale_method,
     min_cov, max_cov, import_data_path
         As the reference loader (``archive.md`` sec. 6). ``import_data_path`` takes either
         published pair format (a file, or a directory holding the published names), read
-        without running pickled code (see :mod:`s2cube.pairs`).
+        without running pickled code (see :mod:`s2cube.plans.pairs`).
     stable_sort
         The fixed sampler takes the earliest of tied least-cloudy slots (the reference's
         non-stable ``np.argsort`` when False, for parity).

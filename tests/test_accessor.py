@@ -14,7 +14,8 @@ import pytest
 import xarray as xr
 from laziness import raise_if_dask_computes
 
-from s2cube import accessor, baselines, georef, indices, quicklook, select, stats
+from s2cube import accessor, select
+from s2cube.analysis import baselines, georef, indices, quicklook, stats
 
 pytestmark = pytest.mark.usefixtures("local_threads")
 

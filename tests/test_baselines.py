@@ -11,9 +11,9 @@ import pytest
 from laziness import raise_if_dask_computes
 
 import s2cube
-from s2cube import baselines as B
-from s2cube import metrics as M
-from s2cube.io import counting_store
+from s2cube.analysis import baselines as B
+from s2cube.analysis import metrics as M
+from s2cube.io.open import counting_store
 
 pytestmark = pytest.mark.usefixtures("local_threads")
 
@@ -61,7 +61,7 @@ def _sample_arrays(ds, row, detector="s2cloudless_mask"):
 
 
 def test_sample_plan_is_the_fixed_sampler_on_the_stored_coverage(ds, plan):
-    from s2cube import sampling
+    from s2cube.plans import rules as sampling
 
     table = ds.s2cube.patch_table()
     assert list(plan["patch_id"]) == list(table["patch_id"])

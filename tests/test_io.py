@@ -13,7 +13,7 @@ from laziness import raise_if_dask_computes
 
 import s2cube
 from s2cube import direct, schema
-from s2cube.io import counting_store
+from s2cube.io.open import counting_store
 
 pytestmark = pytest.mark.usefixtures("local_threads")
 

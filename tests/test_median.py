@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from s2cube import median as med
+from s2cube.kernels import median as med
 
 
 def _nanmedian(values: np.ndarray, clear: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ def test_the_sorting_network_sorts_like_numpy(n):
 
 
 def test_without_a_compiler_numpy_gives_the_same_answer(monkeypatch, tmp_path):
-    from s2cube import native
+    from s2cube.kernels import native
 
     monkeypatch.setenv("CC", "no-such-cc")
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2cube import metrics as M
+from s2cube.analysis import metrics as M
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
 
@@ -152,7 +152,7 @@ def test_metrics_on_real_pixels_equal_plain_formulas():
 
 
 def test_the_compiled_kernels_equal_the_numpy_formulas(monkeypatch):
-    from s2cube import fastmetrics
+    from s2cube.kernels import metrics as fastmetrics
 
     assert fastmetrics._library() is not None  # CI has a compiler: the fast path must not fall back
     rng = np.random.default_rng(5)

@@ -8,7 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from s2cube import pairs, sampling
+from s2cube.plans import pairs
+from s2cube.plans import rules as sampling
 
 
 def s2_name(roi: str, slot: int, pid: int) -> str:

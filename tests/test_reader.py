@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2cube import reader, samples, schema
+from s2cube import schema
+from s2cube.io import reader
+from s2cube.training import batches as samples
 
 T = schema.N_SLOTS
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from test_reader import shared_cube
 
-from s2cube import reader, samples, sampling
+from s2cube.io import reader
+from s2cube.plans import rules as sampling
+from s2cube.training import batches as samples
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from s2cube import sampling
+from s2cube.plans import rules as sampling
 
 T = 30
 

@@ -7,8 +7,9 @@ import pytest
 from laziness import raise_if_dask_computes
 
 import s2cube
-from s2cube import sampling, schema
-from s2cube.io import counting_store
+from s2cube import schema
+from s2cube.io.open import counting_store
+from s2cube.plans import rules as sampling
 
 pytestmark = pytest.mark.usefixtures("local_threads")
 

@@ -8,8 +8,9 @@ import pytest
 from laziness import raise_if_dask_computes
 
 import s2cube
-from s2cube import schema, stats
-from s2cube.io import counting_store
+from s2cube import schema
+from s2cube.analysis import stats
+from s2cube.io.open import counting_store
 
 pytestmark = pytest.mark.usefixtures("local_threads")
 

@@ -12,7 +12,9 @@ torch = pytest.importorskip("torch")
 
 from test_reader import shared_cube  # noqa: E402
 
-from s2cube import reader, sampling, schema  # noqa: E402
+from s2cube import schema  # noqa: E402
+from s2cube.io import reader  # noqa: E402
+from s2cube.plans import rules as sampling  # noqa: E402
 from s2cube import torch as s2torch  # noqa: E402
 
 REF_KEYS = {"S1", "S2", "masks", "coverage", "S1 TD", "S2 TD", "S1 path", "S2 path", "coord"}
@@ -129,7 +131,7 @@ def test_dropin_imports_both_pair_formats(cube, tmp_path):
             allow_pickle=True)
     imported = s2torch.SEN12MSCRTS(str(cube), split="test", import_data_path=tmp_path)
     assert imported[0]["target"]["idx"] == 9
-    from s2cube.pairs import PairFileError
+    from s2cube.plans.pairs import PairFileError
 
     with pytest.raises(PairFileError, match="does not fit"):
         _mismatched(cube, tmp_path)

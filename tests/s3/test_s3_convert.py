@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from s2cube.storage import parse_location, zarr_store
+from s2cube.io.storage import parse_location, zarr_store
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 

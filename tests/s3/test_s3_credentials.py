@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from s2cube import storage
-from s2cube.storage import parse_location, zarr_store
+from s2cube.io import storage
+from s2cube.io.storage import parse_location, zarr_store
 
 PROCESS = textwrap.dedent("""\
     import datetime, json, sys

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from s2cube.storage import parse_location, zarr_store
+from s2cube.io.storage import parse_location, zarr_store
 from s2cube.testing import FaultyS3Proxy, SeaweedServer
 
 pytestmark = pytest.mark.s3
@@ -154,7 +154,7 @@ def _epoch(batches) -> dict[int, dict]:
 def test_epoch_survives_a_server_kill_and_restart(own_server, s3_cube):
     """SIGKILL the server after the epoch's first batch, bring it back a second later: the
     loader's retries ride it out and the epoch yields every sample once, with its pixels."""
-    from s2cube.samples import iter_batches
+    from s2cube.training.batches import iter_batches
 
     kwargs = dict(storage_options=own_server.storage_options(), split="all", batch_size=1,
                   shuffle=True, seed=3, epoch=0)
@@ -229,7 +229,7 @@ def test_epochs_through_a_throttling_proxy_equal_direct_reads(own_server, s3_cub
                                                                monkeypatch):
     """A proxy fails 10 % of the requests with 503 SlowDown: the retries hide every failure
     and each epoch yields every sample once, with the pixels of a direct read."""
-    from s2cube.samples import iter_batches
+    from s2cube.training.batches import iter_batches
 
     monkeypatch.setenv("S2CUBE_STORAGE_BACKEND", backend)
     options = own_server.storage_options()

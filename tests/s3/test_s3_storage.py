@@ -1,4 +1,4 @@
-"""s2cube.storage against a real S3 server: both backends, AWS configuration, clear errors,
+"""s2cube.io.storage against a real S3 server: both backends, AWS configuration, clear errors,
 anonymous and read-only access, paths that cannot escape their prefix, no secret in messages."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import obstore.exceptions
 import pytest
 import zarr
 
-from s2cube import storage
 from s2cube.errors import StorageError
-from s2cube.storage import check_access, parse_location, redact, zarr_store
+from s2cube.io import storage
+from s2cube.io.storage import check_access, parse_location, redact, zarr_store
 
 pytestmark = pytest.mark.s3
 

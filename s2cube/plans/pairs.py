@@ -35,7 +35,7 @@ import numpy as np
 
 from s2cube import schema
 from s2cube.errors import S2CubeError
-from s2cube.sampling import SamplePlan, make_plan
+from s2cube.plans.rules import SamplePlan, make_plan
 
 logger = logging.getLogger(__name__)
 

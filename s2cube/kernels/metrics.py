@@ -1,11 +1,11 @@
-"""The reference metrics of one image as compiled kernels, for :mod:`s2cube.metrics`.
+"""The reference metrics of one image as compiled kernels, for :mod:`s2cube.analysis.metrics`.
 
 Scoring a 13-band 256² sample with NumPy costs ~230 ms, ten times the cost of
 decompressing it: SSIM alone runs five images through 22 full-array passes of the
 separable window, and the error sums and SAM make a dozen more passes and temporaries.
 Two kernels do the same arithmetic in cache (:data:`KERNEL_C`, compiled on first use by
-:mod:`s2cube.native`), in float64, and agree with the NumPy formulas of
-:mod:`s2cube.metrics` to ~1e-12 (only the order of the additions differs):
+:mod:`s2cube.kernels.native`), in float64, and agree with the NumPy formulas of
+:mod:`s2cube.analysis.metrics` to ~1e-12 (only the order of the additions differs):
 
 - ``s2c_ssim_sum``: the sum of the SSIM map, one output row at a time: the vertical pass of
   ``x, y, x², y², xy`` over the window's rows, the horizontal pass, the formula; four
@@ -27,7 +27,7 @@ from string import Template
 
 import numpy as np
 
-from s2cube import native
+from s2cube.kernels import native
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 - A *plan* is a small table, one row per sample: ``roi, row, col`` (the patch), ``inputs``
   (slots) and ``target`` (slot); :func:`sample_plan` makes it with the reference samplers
-  of :mod:`s2cube.sampling` from the stored ``coverage`` (no pixel read), and
+  of :mod:`s2cube.plans.rules` from the stored ``coverage`` (no pixel read), and
   :func:`as_plan` accepts your own.
 - Baselines, as the SEN12MS-CR-TS toolbox computes them on reflectance in [0, 1]:
   **least cloudy** (the input with the fewest cloudy pixels, ``np.argsort(...)[0]``) and
@@ -18,7 +18,7 @@ their frames inside their own tasks (:mod:`s2cube.direct`); other Datasets go th
 xarray's graph with the same numbers.
 
 Reflectance follows the reference's default preprocessing: ``clip(DN, 0, 10000) / 10000``.
-Cloud masks per detector are those of :func:`s2cube.stats.cloud_mask` (0 clear, 1 cloudy).
+Cloud masks per detector are those of :func:`s2cube.analysis.stats.cloud_mask` (0 clear, 1 cloudy).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import pandas as pd
 import xarray as xr
 
 from s2cube import direct, schema
-from s2cube import metrics as M
-from s2cube.median import clear_median
+from s2cube.analysis import metrics as M
+from s2cube.analysis.stats import _patch_size, mask_from, mask_source, valid_frames
+from s2cube.kernels.median import clear_median
 from s2cube.select import detector_name, patch_table
-from s2cube.stats import _patch_size, mask_from, mask_source, valid_frames
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +100,10 @@ def sample_plan(
 ) -> pd.DataFrame:
     """The reference samples of ``split``/``region`` as a plan table (index ``pdx``).
 
-    ``options`` go to :func:`s2cube.sampling.make_plan` (``sampler``, ``n_input_samples``,
+    ``options`` go to :func:`s2cube.plans.rules.make_plan` (``sampler``, ``n_input_samples``,
     ``min_cov``, ``max_cov``, ``stable``, ...). Reads ``patch_id`` and ``coverage`` only.
     """
-    from s2cube.sampling import make_plan
+    from s2cube.plans.rules import make_plan
 
     table = patch_table(ds, split, region)
     cov = np.asarray(ds["coverage"].sel(detector=detector_name(detector)).values)
@@ -122,7 +122,7 @@ def as_plan(ds: xr.Dataset, plan: Any) -> pd.DataFrame:
 
     ``plan`` may be such a table (any extra columns are kept), a list of dicts, a callable
     ``plan(ds)`` returning one, or a ``(PatchIndex, SamplePlan)`` pair of
-    :mod:`s2cube.sampling`.
+    :mod:`s2cube.plans.rules`.
     """
     if callable(plan) and not isinstance(plan, pd.DataFrame):
         plan = plan(ds)
@@ -137,7 +137,7 @@ def as_plan(ds: xr.Dataset, plan: Any) -> pd.DataFrame:
     missing = [c for c in PLAN_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"the plan lacks column(s) {missing}; it needs {list(PLAN_COLUMNS)} "
-                         "(make one with s2cube.baselines.sample_plan)")
+                         "(make one with s2cube.analysis.baselines.sample_plan)")
     names = list(np.atleast_1d(schema.as_str(ds["roi"].values)))
     unknown = sorted(set(table["roi"].astype(str)) - set(names))
     if unknown:

@@ -17,7 +17,7 @@ ones of the authors' code (the SEN12MS-CR-TS toolbox's ``compute_metric`` and Un
 
 Everything is computed in float64, with the formulas written out in NumPy here;
 :func:`image_metrics` and :func:`ssim` take the same sums from the compiled kernels of
-:mod:`s2cube.fastmetrics` where they apply (several times faster, equal to ~1e-12).
+:mod:`s2cube.kernels.metrics` where they apply (several times faster, equal to ~1e-12).
 :func:`metrics_blocks` maps :func:`image_metrics` over a stack of images held in a dask
 array, one task per block of images.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from s2cube import fastmetrics
+from s2cube.kernels import metrics as fastmetrics
 
 #: Names of the values :func:`image_metrics` returns, in this order.
 METRICS: tuple[str, ...] = (

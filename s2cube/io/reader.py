@@ -11,7 +11,7 @@ decoding. Here:
   concurrent ``cat_ranges`` call through fsspec for object stores, adjacent chunks merged);
 - chunks are decompressed with the array's own codec (numcodecs' Blosc/Zstd/GZip, which
   release the GIL) straight into preallocated buffers, in a thread pool, and a request's
-  post-processing step (see :mod:`s2cube.samples`) runs in the same threads.
+  post-processing step (see :mod:`s2cube.training.batches`) runs in the same threads.
 
 Each process opens its own store lazily, on first use: a :class:`ChunkReader` pickles
 without any live client, thread pool or file handle, and one created before a ``fork``
@@ -21,7 +21,7 @@ Crops: chunks are one whole patch (``P x P``) per slot, so a crop still reads an
 one chunk per frame it needs, and copies out the window; it saves memory and transfer to the
 model, not I/O.
 
-Turning sample plans into stacked arrays and batches lives in :mod:`s2cube.samples`.
+Turning sample plans into stacked arrays and batches lives in :mod:`s2cube.training.batches`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import numpy as np
 
 from s2cube import schema
 from s2cube.errors import IncompleteCubeError, NotACubeError, S2CubeError
-from s2cube.storage import Location, filesystem, parse_location
+from s2cube.io.storage import Location, filesystem, parse_location
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def load_meta(url: str | os.PathLike, storage_options: dict | None = None, *,
     """
     import zarr
 
-    from s2cube.storage import zarr_store
+    from s2cube.io.storage import zarr_store
 
     loc = parse_location(url, storage_options)
     try:
@@ -345,7 +345,7 @@ class _ObstoreBackend:
     concurrently, all shards of a batch at once, on an event loop thread of this process."""
 
     def __init__(self, loc: Location) -> None:
-        from s2cube.storage import obstore_s3
+        from s2cube.io.storage import obstore_s3
 
         self.store = obstore_s3(loc)
         self._loop: Any = None
@@ -409,7 +409,7 @@ def _backend(loc: Location, backend: str | None):
     if loc.is_local:
         return _LocalBackend(loc.path)
     if getattr(loc, "is_s3", False):
-        from s2cube.storage import backend_of
+        from s2cube.io.storage import backend_of
 
         if backend_of(backend) == "obstore":
             return _ObstoreBackend(loc)
@@ -491,7 +491,7 @@ class ChunkReader:
     threads
         Decoding threads per process.
     backend
-        For S3: ``"obstore"`` or ``"fsspec"`` (default: ``s2cube.storage.backend_of()``).
+        For S3: ``"obstore"`` or ``"fsspec"`` (default: ``s2cube.io.storage.backend_of()``).
     """
 
     def __init__(self, url: str, layouts: dict[str, ArrayLayout], *,

@@ -1,4 +1,4 @@
-"""Sample plans turned into stacked arrays and batches, on top of :mod:`s2cube.reader`.
+"""Sample plans turned into stacked arrays and batches, on top of :mod:`s2cube.io.reader`.
 
 - preprocessing exactly as the reference loader does it (:func:`s2_post`, :func:`s1_post`,
   :func:`mask_post`), run by the reader's decoding threads on each decoded frame;
@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from s2cube import pairs, sampling, schema
-from s2cube.georef import patch_bounds
-from s2cube.reader import ChunkReader, CubeMeta, FrameRequest, Post, load_meta
+from s2cube import schema
+from s2cube.analysis.georef import patch_bounds
+from s2cube.io.reader import ChunkReader, CubeMeta, FrameRequest, Post, load_meta
+from s2cube.plans import pairs
+from s2cube.plans import rules as sampling
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +229,7 @@ class SampleReader:
         """Frames of B samples at (B, T) ``slots``.
 
         Returns ``S2`` (B, T, 13, h, w), ``S1`` (B, T, 2, h, w), ``masks`` (B, T, h, w) and,
-        with ``gaps`` (a :class:`~s2cube.sampling.GapPlan`), ``gap_masks`` (B, T, h, w): the
+        with ``gaps`` (a :class:`~s2cube.plans.rules.GapPlan`), ``gap_masks`` (B, T, h, w): the
         real masks pasted as synthetic gaps (0 where none). ``crop`` is the side of a window
         at ``offsets`` (B, 2) = (y0, x0) inside the patch; the whole patch without it.
         Missing and blank frames get an all-ones mask (the reference's blank rule).

@@ -20,7 +20,7 @@ import xarray as xr
 
 from s2cube import direct, schema
 from s2cube.errors import IncompleteCubeError, NotACubeError
-from s2cube.storage import Location, parse_location, redact, storage_error, zarr_store
+from s2cube.io.storage import Location, parse_location, redact, storage_error, zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def _counting_class() -> type:
     return CountingStore
 
 
-def __getattr__(name: str):  # PEP 562: ``s2cube.io.CountingStore`` without importing zarr early
+def __getattr__(name: str):  # PEP 562: ``s2cube.io.open.CountingStore`` without importing zarr early
     if name == "CountingStore":
         return _counting_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

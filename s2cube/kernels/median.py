@@ -9,7 +9,7 @@ dtype's maximum, each pixel's series is sorted by Batcher's odd-even merge netwo
 min/max per comparator), and the middle one or two of its ``n`` clear values are averaged in
 float32. NumPy runs a comparator over the whole array at a time: with 30 slots that is ~190
 passes over ~50 MB per 256² patch, several times the cost of decompressing it. The C kernel
-(:data:`KERNEL_C`, compiled on first use by :mod:`s2cube.native`) runs the same network on
+(:data:`KERNEL_C`, compiled on first use by :mod:`s2cube.kernels.native`) runs the same network on
 tiles of 256 pixels that stay in L1, vectorised (AVX2 where the CPU has it): several times faster,
 below the decode cost. Without a compiler the NumPy path runs, with a log line saying so.
 """
@@ -22,7 +22,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from s2cube import native
+from s2cube.kernels import native
 
 logger = logging.getLogger(__name__)
 

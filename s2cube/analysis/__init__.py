@@ -1,0 +1,1 @@
+"""Analyses on a cube Dataset: selections' statistics, indices, baselines, evaluation, quicklooks."""

@@ -1,0 +1,1 @@
+"""Reading and storage: URLs and object stores, the chunk reader, the xarray backend, ``open_cube``."""

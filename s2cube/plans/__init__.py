@@ -1,0 +1,1 @@
+"""Sample plans: the reference loader's sampling rules and plan tables by label (no I/O)."""

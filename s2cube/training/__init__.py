@@ -1,0 +1,1 @@
+"""Training batches: plans resolved into stacked frames by the chunk reader (no torch here)."""
