@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 from test_reader import shared_cube  # noqa: E402
 
 from s2cube import schema  # noqa: E402
+from s2cube import torch as s2torch  # noqa: E402
 from s2cube.io import reader  # noqa: E402
 from s2cube.plans import rules as sampling  # noqa: E402
-from s2cube import torch as s2torch  # noqa: E402
 
 REF_KEYS = {"S1", "S2", "masks", "coverage", "S1 TD", "S2 TD", "S1 path", "S2 path", "coord"}
 
