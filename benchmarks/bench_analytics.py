@@ -35,8 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT / ".." / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
 ROIS = ("ROIs1868_73", "ROIs2017_8")
 #: dask sets MALLOC_TRIM_THRESHOLD_=65536 in its workers unless this is null (see README)
 TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -304,11 +302,12 @@ def bench_metrics() -> dict:
         t = rng.random((13, 64, 64))
         cases.append((np.clip(t + rng.normal(0, 0.1, t.shape), 0, 1), t,
                       rng.random((3, 64, 64)) > 0.6, "random"))
-    if REAL.exists():
-        scenes = np.clip(np.load(REAL).transpose(0, 3, 1, 2).astype(np.float64), 0, 1)
-        for a, b in ((2, 3), (0, 4), (1, 2)):
-            masks = np.stack([scenes[k, 1] > 0.2 for k in (0, 1, 4)])  # bright B2 as "cloud"
-            cases.append((scenes[a], scenes[b], masks, "real"))
+    from s2cube_conversion._realpixels import load_scenes
+
+    scenes = np.clip(load_scenes().astype(np.float64), 0, 1)  # (5, 13, 101, 100), packaged
+    for a, b in ((2, 3), (0, 4), (1, 2)):
+        masks = np.stack([scenes[k, 1] > 0.2 for k in (0, 1, 4)])  # bright B2 as "cloud"
+        cases.append((scenes[a], scenes[b], masks, "real"))
     worst = {"random": 0.0, "real": 0.0}
     for pred, target, masks, kind in cases:
         mine = M.image_metrics(pred, target, masks)

@@ -1,6 +1,6 @@
 """Cloud detection throughput: s2cloudless once per frame (the reference) vs the converter's engines.
 
-Frames are 256² cuts of the real Sentinel-2 scenes in ../shared/data/real-s2-l1c (tiled and
+Frames are 256² cuts of the real Sentinel-2 scenes shipped with s2cube_conversion (tiled and
 mirrored from 101×100; real cloud blended over real land for partial cover). Every method runs
 on the same frames with the same thread count, and its masks and coverages are compared pixel by
 pixel with the reference's. A second table shows where the fast path's time goes.
@@ -23,13 +23,12 @@ import numpy as np
 
 from s2cube import schema
 from s2cube_conversion import _treemodel, clouds
-
-SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
+from s2cube_conversion._realpixels import load_dn
 
 
 def make_frames(n: int, size: int) -> np.ndarray:
     """(n, 13, size, size) uint16: cloudy, clear and blended frames from the real scenes."""
-    dn = np.rint(np.load(SCENES) * 10000)  # (5, 101, 100, 13)
+    dn = load_dn().transpose(0, 2, 3, 1).astype(np.float32)  # (5, 101, 100, 13)
 
     def tile(img: np.ndarray) -> np.ndarray:
         while img.shape[0] < size or img.shape[1] < size:
@@ -117,10 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="reference,fast,onnx,lightgbm")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args(argv)
-    if not SCENES.exists():
-        print(f"real S2 pixels not found at {SCENES}; this benchmark needs shared/data/real-s2-l1c",
-              file=sys.stderr)
-        return 2
     methods = [m for m in args.methods.split(",") if m]
     if "reference" not in methods:
         methods.insert(0, "reference")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_convert.py [ratio] [io] [scaling] [memory] [--json out.json]
 
 - ratio:   the cube's ``s2`` bytes / the S2 GeoTIFFs' bytes on patches cut from the real
-           L1C pixels (../shared/data/real-s2-l1c/), and the same for ``s1`` on synthetic S1.
+           L1C pixels (shipped with s2cube_conversion), and the same for ``s1`` on synthetic S1.
 - io:      conversion without cloud detection vs the limit "read the same GeoTIFFs with
            rasterio + encode the same bytes with the same codec, nothing else", one core each.
 - scaling: conversion with cloud detection on 1 vs 2 single-threaded dask workers.
@@ -23,9 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
 
 
 def _cluster(n_workers: int):
@@ -48,7 +45,9 @@ def real_pixel_archive(root: Path, patch: int = 96, grid: int = 2) -> None:
     import rasterio
     from rasterio.transform import from_origin
 
-    scenes = np.rint(np.load(REAL) * 10000).astype(np.uint16)  # (5, 101, 100, 13)
+    from s2cube_conversion._realpixels import load_dn
+
+    scenes = load_dn()  # uint16 (5, 13, 101, 100)
     rng = np.random.default_rng(0)
     offsets = [(y, x) for y in range(101 - patch + 1) for x in range(100 - patch + 1)]
     for r in range(grid):
@@ -57,7 +56,7 @@ def real_pixel_archive(root: Path, patch: int = 96, grid: int = 2) -> None:
             t_origin = from_origin(465180 + c * patch * 10, 5080260 - r * patch * 10, 10, 10)
             for t in range(30):
                 s, (y, x) = t % 5, offsets[(t // 5 + 7 * (r * grid + c)) % len(offsets)]
-                s2 = scenes[s, y:y + patch, x:x + patch].transpose(2, 0, 1)
+                s2 = scenes[s, :, y:y + patch, x:x + patch]
                 field = rng.gamma(4.0, 0.25, (2, patch, patch))
                 s1 = (10 * np.log10(field) + np.array([-11.0, -18.0])[:, None, None])
                 s1 = s1.astype(np.float32).astype(np.float64)
@@ -77,8 +76,6 @@ def real_pixel_archive(root: Path, patch: int = 96, grid: int = 2) -> None:
 def bench_ratio(tmp: Path) -> dict:
     from s2cube_conversion import convert
 
-    if not REAL.exists():
-        sys.exit(f"the real pixels are missing at {REAL}; this figure needs them")
     archive, cube = tmp / "real", tmp / "real.zarr"
     real_pixel_archive(archive)
     convert(archive, cube, clouds=False, n_workers=1)

@@ -50,8 +50,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
 BACKENDS = ("fsspec", "obstore")
 
 
@@ -59,16 +57,18 @@ def pixels(patch: int, grid: int) -> np.ndarray:
     """(1, 30, 13, grid*P, grid*P) uint16: crops of the real scenes, else smooth noise."""
     rng = np.random.default_rng(0)
     out = np.empty((1, 30, 13, grid * patch, grid * patch), np.uint16)
-    if REAL.exists() and patch <= 100:
-        scenes = np.rint(np.load(REAL) * 10000).astype(np.uint16)  # (5, 101, 100, 13)
+    if patch <= 100:
+        from s2cube_conversion._realpixels import load_dn
+
+        scenes = load_dn()  # uint16 (5, 13, 101, 100)
         for r in range(grid):
             for c in range(grid):
                 for t in range(30):
                     y, x = rng.integers(0, 101 - patch + 1), rng.integers(0, 100 - patch + 1)
-                    crop = scenes[(t + r + c) % 5, y:y + patch, x:x + patch].transpose(2, 0, 1)
+                    crop = scenes[(t + r + c) % 5, :, y:y + patch, x:x + patch]
                     out[0, t, :, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = crop
         return out
-    print(f"note: {REAL} missing (or --patch > 100): using synthetic pixels", file=sys.stderr)
+    print("note: --patch > 100 (the real scenes are 101x100): using synthetic pixels", file=sys.stderr)
     base = rng.normal(2000, 300, out.shape[2:]).cumsum(axis=-1) / 50
     return (base + rng.integers(0, 200, out.shape)).clip(0, 65535).astype(np.uint16)
 

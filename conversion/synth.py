@@ -218,8 +218,8 @@ def synthesize_archive(
         ``"real"`` (the real pixels) or ``"synthetic"`` (a documented stand-in, see
         ``_realpixels.synthetic_scenes``).
     real_pixels
-        Path of ``reference_scenes.npy``; default ``$S2CUBE_REAL_PIXELS``, else
-        ``<repo root>/../shared/data/real-s2-l1c/reference_scenes.npy``.
+        Path of a real pixels file (``reference_scenes.npy`` or the packaged format); default
+        ``$S2CUBE_REAL_PIXELS``, else the copy shipped in the package (``data/``).
 
     Returns
     -------

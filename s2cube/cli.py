@@ -80,7 +80,7 @@ def main(verbose: int) -> None:
 @click.option("--spectra", default="real", show_default=True, type=click.Choice(["real", "synthetic"]),
               help="Build S2 from the real L1C pixels, or from a documented stand-in.")
 @click.option("--real-pixels", type=click.Path(dir_okay=False),
-              help="Path of reference_scenes.npy (default: $S2CUBE_REAL_PIXELS or ../shared/data).")
+              help="Path of a real pixels file (default: $S2CUBE_REAL_PIXELS, else the packaged copy).")
 def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrupt, holes, junk,
           spectra, real_pixels) -> None:
     """Write a synthetic archive that looks like SEN12MS-CR-TS into DIRECTORY."""

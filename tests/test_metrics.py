@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from s2cube.analysis import metrics as M
-
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
+from s2cube_conversion._realpixels import load_scenes
 
 
 def _naive_ssim(pred, target):
@@ -140,9 +138,7 @@ def test_metrics_blocks_on_dask_is_lazy_and_equals_numpy():
 
 
 def test_metrics_on_real_pixels_equal_plain_formulas():
-    if not REAL.exists():
-        pytest.skip(f"real S2 pixels not found at {REAL}")
-    scenes = np.load(REAL)[:, :32, :32, :].transpose(0, 3, 1, 2).astype(np.float64)
+    scenes = load_scenes()[:, :, :32, :32].astype(np.float64)  # the packaged real scenes
     target, pred = np.clip(scenes[2], 0, 1), np.clip(scenes[3], 0, 1)
     m = M.image_metrics(pred, target)
     assert m["rmse"] == pytest.approx(np.sqrt(np.mean((target - pred) ** 2)), rel=1e-12)

@@ -6,13 +6,13 @@ import json
 import pickle
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from s2cube import schema
 from s2cube_conversion import _treemodel
+from s2cube_conversion._realpixels import load_dn
 from s2cube_conversion.clouds import (
     BLANK_FLAGS,
     S2CLOUDLESS_PARAMS,
@@ -21,7 +21,6 @@ from s2cube_conversion.clouds import (
     rule_shadow,
 )
 
-SCENES = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-s2-l1c" / "reference_scenes.npy"
 P = 64
 BLANK, SATURATED = 8, 7
 
@@ -36,9 +35,7 @@ def _blend(cloudy: np.ndarray, clear: np.ndarray, phase: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def series() -> np.ndarray:
     """(10, 13, 64, 64) uint16 DN from the real scenes: 2 cloudy, 3 clear, 4 mixed, 1 blank."""
-    if not SCENES.exists():
-        pytest.skip(f"real S2 pixels not found at {SCENES} (shared/data/real-s2-l1c is needed)")
-    dn = np.moveaxis(np.rint(np.load(SCENES) * 10000), -1, 1)  # (5, 13, 101, 100)
+    dn = load_dn().astype(np.float32)  # (5, 13, 101, 100), the packaged real scenes
     crops = [dn[s, :, 5 * s:5 * s + P, 30 - 5 * s:30 - 5 * s + P] for s in range(5)]
     frames = [*crops, _blend(crops[0], crops[2], 0.0), _blend(crops[1], crops[3], 2.0),
               _blend(crops[0], crops[4], 4.0), np.zeros_like(crops[0]),
