@@ -42,12 +42,18 @@ class Job:
 
 @lru_cache(maxsize=4)
 def _arrays(run_id: str, cube: Location, threads: int) -> dict:
-    """The cube's pixel arrays, opened once per worker process and run."""
+    """The cube's pixel arrays, opened once per worker process and run.
+
+    Every chunk of a converted patch is written, even one that holds only the fill value
+    (an all-NaN S1 frame, a cloud-free mask): readers then know that a chunk absent where
+    the cube records a frame is damage, not a blank.
+    """
     import zarr
 
     zarr.config.set({"threading.max_workers": threads})  # before zarr's pool first exists
     group = zarr.open_group(zarr_store(cube), mode="r+", use_consolidated=False)
-    return {var: group[var] for var in schema.PIXEL_VARIABLES}
+    return {var: group[var].with_config({"write_empty_chunks": True})
+            for var in schema.PIXEL_VARIABLES}
 
 
 def convert_patch(job: Job, task: PatchTask) -> PatchRecord:

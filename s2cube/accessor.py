@@ -3,7 +3,8 @@
 Thin by design (rioxarray's model): it holds only the Dataset, every method is one line
 delegating to a plain function in a module named for its concept, and nothing computes
 except the verbs that say so (``quicklook``, ``evaluate``, and the tables ``patch_table``
-/ ``sample_plan``, which read only small arrays).
+/ ``sample_plan``, which read only small arrays). Every verb works on exactly the ROIs,
+slots (by ``time`` label), bands and patches of the Dataset it is called on.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pandas as pd
 import xarray as xr
 
 from s2cube import select
-from s2cube.analysis import baselines, georef, indices, quicklook, stats
-from s2cube.training import batches as samples
+from s2cube.analysis import baselines, evaluate, georef, indices, quicklook, stats
+from s2cube.plans import table
+from s2cube.training import batches
 
 
 @xr.register_dataset_accessor("s2cube")
@@ -44,7 +46,7 @@ class S2CubeAccessor:
         return select.clear_frames(self._ds, detector, threshold)
 
     def patch_table(self, split: str = "all", region: str = "all") -> pd.DataFrame:
-        """The patches in the reference sample order (reads ``patch_id`` only)."""
+        """The patches this Dataset holds, in the reference sample order (reads ``patch_id``)."""
         return select.patch_table(self._ds, split, region)
 
     def patches(self, variables: Sequence[str] | None = None) -> xr.Dataset:
@@ -61,9 +63,9 @@ class S2CubeAccessor:
         return georef.roi(self._ds, name)
 
     # training ---------------------------------------------------------------------------
-    def batches(self, cube: Any = None, **options: Any):
-        """Seq2point/seq2seq NumPy batches straight from the store (see ``samples.iter_batches``)."""
-        return samples.dataset_batches(self._ds, cube, **options)
+    def batches(self, **options: Any):
+        """Seq2point/seq2seq NumPy batches of exactly this Dataset (see ``batches.iter_batches``)."""
+        return batches.iter_batches(self._ds, **options)
 
     # masks and statistics ---------------------------------------------------------------
     def reflectance(self, clip: bool = False) -> xr.DataArray:
@@ -96,14 +98,13 @@ class S2CubeAccessor:
         return indices.ndvi(self._ds)
 
     def quicklook(self, roi: str, time: int, **options: Any) -> quicklook.Quicklook:
-        """Render one ROI at one slot as a true-colour PNG (computes three bands)."""
-        return quicklook.quicklook(select.sel_roi(self._ds, roi).s2.isel(time=time),
-                                   title=f"{roi} slot {time}", **options)
+        """Render one ROI at the slot labelled ``time`` as a true-colour PNG (computes 3 bands)."""
+        return quicklook.roi_quicklook(self._ds, roi, time, **options)
 
-    # baselines and evaluation -------------------------------------------------------------
+    # plans, baselines and evaluation -------------------------------------------------------
     def sample_plan(self, **options: Any) -> pd.DataFrame:
-        """The reference samples as a plan table (reads ``patch_id`` and ``coverage``)."""
-        return baselines.sample_plan(self._ds, **options)
+        """The reference samples of this Dataset as a plan by label (reads coverage only)."""
+        return table.sample_plan(self._ds, **options)
 
     def baseline(self, plan: Any, method: str = "mosaic", **options: Any) -> xr.DataArray:
         """Least-cloudy or mosaicing predictions for a plan, as a lazy prediction cube."""
@@ -113,6 +114,6 @@ class S2CubeAccessor:
         """Temporal median of the clear pixels, lazy."""
         return baselines.composite(self._ds, detector)
 
-    def evaluate(self, predictions: Any, plan: Any = None, **options: Any) -> baselines.Evaluation:
-        """Score a prediction cube against the plan's targets (computes, in parallel)."""
-        return baselines.evaluate(self._ds, predictions, plan, **options)
+    def evaluate(self, predictions: Any, plan: Any = None, **options: Any) -> evaluate.Evaluation:
+        """Score predictions against the plan's targets (computes, in parallel)."""
+        return evaluate.evaluate(self._ds, predictions, plan, **options)

@@ -37,3 +37,27 @@ class ConversionError(S2CubeError):
 
 class StorageError(S2CubeError):
     """Object storage refused a request (credentials, bucket, permissions)."""
+
+
+class ChunkError(S2CubeError):
+    """A stored chunk failed its checksum, could not be decoded, or is missing.
+
+    The message names the variable, ROI, slot, patch and storage key; the attributes hold
+    the same for programs: ``variable``, ``roi``, ``slot``, ``row``, ``col``, ``key``,
+    ``reason`` (``"checksum"``, ``"decode"``, ``"truncated"``, ``"index"``, ``"missing"``).
+    """
+
+    def __init__(self, message: str, *, variable: str = "", roi: str = "", slot: int | None = None,
+                 row: int | None = None, col: int | None = None, key: str = "",
+                 reason: str = "") -> None:
+        super().__init__(message)
+        self.variable, self.roi, self.slot = variable, roi, slot
+        self.row, self.col, self.key, self.reason = row, col, key, reason
+
+
+class SelectionError(S2CubeError, ValueError):
+    """A verb cannot honour the Dataset it was called on (empty, cropped, computed, ...)."""
+
+
+class PlanError(S2CubeError, ValueError):
+    """A plan names ROIs, patches or slots that the Dataset does not hold, or is malformed."""

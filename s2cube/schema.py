@@ -1,8 +1,10 @@
 """The cube's contract in code: names, dims, dtypes, chunking and the ROI tables.
 
-This is the single place that knows what ``../shared/spec/cube.md`` and
-``../shared/spec/archive.md`` decide. The converter writes through it and every
-reader reads through it. Pure data and tiny functions: no I/O, no heavy imports.
+This is the single place that knows what the cube's contract (``docs/cube.md``) and the
+archive decide: variable names, dims, dtypes, chunking, band order, the ROI tables with
+their splits and regions, the cloud-mask bits, how dates are stored, and what makes a store
+an s2cube cube. The converter writes through it and every reader reads through it. Pure
+data and tiny functions: no I/O, no heavy imports.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+#: 2: every inner chunk of the pixel arrays and every small array carries a crc32c checksum.
+SCHEMA_VERSION = 2
 TITLE = "SEN12MS-CR-TS as a Zarr v3 cube (s2cube)"
 REFERENCES = "doi:10.1109/TGRS.2022.3146246"
 
@@ -41,6 +44,38 @@ CLOUD_MASK_ATTRS = {
 
 #: Day zero of the reference loader's ``S1 TD``/``S2 TD`` (the Sentinel-1 launch).
 TD_EPOCH = np.datetime64("2014-04-03", "D")
+
+#: ``cloud_prob`` (probability × 100) at or above which the ``s2cloudless_map`` detector
+#: calls a pixel cloudy: the support of the reference map, which zeroes values < 0.5.
+MAP_THRESHOLD = 50
+#: bits of ``cloud_mask`` behind each binary detector
+MASK_BITS = {"s2cloudless_mask": FLAG_S2CLOUDLESS,
+             "cloud_cloudshadow_mask": FLAG_RULE_CLOUD | FLAG_RULE_SHADOW}
+
+
+def detector_name(detector: str) -> str:
+    """Check a detector name against :data:`DETECTORS` (ValueError naming the choices)."""
+    if detector not in DETECTORS:
+        raise ValueError(f"detector {detector!r} is not one of {', '.join(DETECTORS)}")
+    return detector
+
+
+def mask_source(detector: str) -> str:
+    """The stored pixel variable a detector's mask is made from: ``cloud_mask`` or ``cloud_prob``."""
+    return "cloud_prob" if detector_name(detector) == "s2cloudless_map" else "cloud_mask"
+
+
+def cloudy(raw, detector: str):
+    """Cloudy pixels of ``detector`` from its :func:`mask_source` values (NumPy or xarray).
+
+    ``s2cloudless_mask``: bit 1 of ``cloud_mask``; ``cloud_cloudshadow_mask``: bits 2 or 4
+    (rule-based cloud or shadow); ``s2cloudless_map``: ``cloud_prob`` ≥ 50 (the support of
+    the reference's probability map, which zeroes values below 0.5). The one rule every
+    analysis, plan and loader of s2cube uses.
+    """
+    if detector_name(detector) == "s2cloudless_map":
+        return raw >= MAP_THRESHOLD
+    return (raw & MASK_BITS[detector]) > 0
 
 # --- ROIs, splits and regions (archive.md sec. 2) ------------------------------------
 
@@ -198,6 +233,71 @@ def as_str(values) -> np.ndarray:
     direct ``astype(str)``.
     """
     return np.asarray(values).astype(object).astype(str)
+
+
+#: How ``s2_date``/``s1_date`` are stored: whole days since the reference's day zero.
+DATE_UNITS = "days since 2014-04-03"
+DATE_FILL = int(np.iinfo(np.int32).min)
+
+
+def decode_dates(values: np.ndarray, units: str = DATE_UNITS, fill: object = DATE_FILL) -> np.ndarray:
+    """Stored dates (integers ``<unit> since <epoch>``) as ``datetime64[ns]``, NaT at ``fill``.
+
+    The one date decoder of s2cube (the xarray backend and the converter's checks use it).
+    """
+    unit, _, epoch = str(units).partition(" since ")
+    steps = {"days": "D", "hours": "h", "minutes": "m", "seconds": "s"}
+    if unit.strip() not in steps or not epoch.strip():
+        raise ValueError(f"dates stored as {units!r} are not understood; expected "
+                         "'days since YYYY-MM-DD'")
+    raw = np.asarray(values)
+    if raw.dtype.kind == "M":
+        return raw.astype("datetime64[ns]")
+    missing = raw == fill if fill is not None else np.zeros(raw.shape, bool)
+    if raw.dtype.kind == "f":
+        missing |= np.isnan(raw)
+    step = steps[unit.strip()]
+    ints = np.where(missing, 0, raw).astype(np.int64)
+    out = (np.datetime64(epoch.strip()[:19]).astype(f"datetime64[{step}]")
+           + ints.astype(f"timedelta64[{step}]")).astype("datetime64[ns]")
+    out[missing] = np.datetime64("NaT")
+    return out
+
+
+def check_cube_attrs(attrs: dict | None, where: str, *, allow_incomplete: bool = False) -> str:
+    """The one "is this an s2cube cube" check, on the root attributes; returns the state.
+
+    Raises
+    ------
+    NotACubeError
+        No Zarr group (``attrs`` None), another dataset, or another schema version.
+    IncompleteCubeError
+        The cube is being written or a conversion stopped before it finished, and
+        ``allow_incomplete`` is False.
+    """
+    from s2cube.errors import IncompleteCubeError, NotACubeError
+
+    if attrs is None:
+        raise NotACubeError(f"{where} holds no Zarr v3 group: check the URL (an s2cube cube "
+                            "is the folder that holds the root zarr.json)")
+    if attrs.get("title") != TITLE or "schema_version" not in attrs:
+        raise NotACubeError(f"{where} is a Zarr group but not an s2cube cube (title "
+                            f"{attrs.get('title')!r}); open it with xarray.open_zarr instead")
+    version = attrs["schema_version"]
+    if version != SCHEMA_VERSION:
+        hint = ("it predates per-chunk checksums: convert the archive again into a new cube "
+                "with this s2cube (`s2cube convert ARCHIVE NEW.zarr`), or open it with "
+                "xarray.open_zarr, unverified" if version == 1 else
+                "install the s2cube that wrote it, or convert the archive again")
+        raise NotACubeError(f"{where} has cube schema version {version}; this s2cube reads "
+                            f"version {SCHEMA_VERSION}: {hint}")
+    state = str(attrs.get(ATTR_STATE))
+    if state != STATE_COMPLETE and not allow_incomplete:
+        raise IncompleteCubeError(
+            f"{where} is not a complete cube (s2cube_state={state!r}): a conversion is "
+            "running or stopped before it finished. Run the conversion again to finish it, "
+            "or open it anyway with allow_incomplete=True")
+    return state
 
 
 def utc_now() -> str:

@@ -1,9 +1,11 @@
-"""Selections on a cube: ROIs by split, region or name; clear frames; the flat patch view.
+"""Selections on a cube by label: ROIs by split, region or name; patches; clear frames.
 
-Pure functions on an :class:`xarray.Dataset` laid out as in ``cube.md``. They never read a
-pixel: ROI selections use the in-memory ROI coordinates, :func:`clear_frames` is a lazy
-expression on ``coverage``, and :func:`patches` reads only the small ``patch_id`` array
-to know which patches exist and in which order (the reference sample order).
+Pure functions on an :class:`xarray.Dataset` laid out as in ``docs/cube.md``, working on
+whatever selection they are given. They never read a pixel: ROI selections use the
+in-memory ROI coordinates, :func:`clear_frames` is a lazy expression on ``coverage``,
+:func:`patch_table` and :func:`patches` read only the small ``patch_id`` array to know which
+patches exist and in which order (the reference sample order), and :func:`held_cells` is
+the one rule for which patches a spatial selection holds (whole patches only).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import pandas as pd
 import xarray as xr
 
 from s2cube import schema
+from s2cube.errors import SelectionError
 
 
 def _roi_labels(ds: xr.Dataset, coord: str) -> np.ndarray:
     if coord not in ds.coords:
-        raise ValueError(f"the dataset has no {coord!r} coordinate on 'roi'; open it with "
-                         "s2cube.open_cube")
+        raise SelectionError(f"the dataset has no {coord!r} coordinate on 'roi'; open it with "
+                             "s2cube.open_cube")
     return schema.as_str(ds[coord].values)
 
 
@@ -29,7 +32,17 @@ def _sel_by(ds: xr.Dataset, coord: str, value: str, choices: tuple[str, ...]) ->
         raise ValueError(f"{coord} {value!r} is not one of all, {', '.join(choices)}")
     if value == "all":
         return ds
-    return ds.isel(roi=np.flatnonzero(_roi_labels(ds, coord) == value))
+    keep = np.flatnonzero(np.atleast_1d(_roi_labels(ds, coord)) == value)
+    if keep.size == 0:
+        held = sorted(set(np.atleast_1d(_roi_labels(ds, coord)).tolist()))
+        raise SelectionError(f"this Dataset holds no ROI of {coord} {value!r} (its ROIs are of "
+                             f"{coord} {held}: {roi_names(ds)})")
+    return ds.isel(roi=keep)
+
+
+def roi_names(ds: xr.Dataset) -> list[str]:
+    """The Dataset's ROI labels as plain strings."""
+    return [str(r) for r in np.atleast_1d(_roi_labels(ds, "roi"))]
 
 
 def sel_split(ds: xr.Dataset, split: str) -> xr.Dataset:
@@ -45,20 +58,18 @@ def sel_region(ds: xr.Dataset, region: str) -> xr.Dataset:
 def sel_roi(ds: xr.Dataset, names: str | Sequence[str]) -> xr.Dataset:
     """One ROI (its ``roi`` dim dropped) or several (kept, in the order given) by name."""
     many = not isinstance(names, str)
-    wanted = list(names) if many else [names]
-    have = list(_roi_labels(ds, "roi"))
+    wanted = [str(n) for n in names] if many else [str(names)]
+    have = roi_names(ds)
     missing = [n for n in wanted if n not in have]
     if missing:
-        raise KeyError(f"ROI(s) {missing} are not in this cube; it holds {have}")
+        raise KeyError(f"ROI(s) {missing} are not in this Dataset; it holds {have}")
     index = [have.index(n) for n in wanted]
     return ds.isel(roi=index if many else index[0])
 
 
 def detector_name(detector: str) -> str:
     """Check a detector name against :data:`s2cube.schema.DETECTORS`."""
-    if detector not in schema.DETECTORS:
-        raise ValueError(f"detector {detector!r} is not one of {', '.join(schema.DETECTORS)}")
-    return detector
+    return schema.detector_name(detector)
 
 
 def clear_frames(ds: xr.Dataset, detector: str = "s2cloudless_mask",
@@ -75,30 +86,98 @@ def clear_frames(ds: xr.Dataset, detector: str = "s2cloudless_mask",
         long_name=f"frame with {detector} coverage <= {threshold}")
 
 
+def patch_size(ds: xr.Dataset) -> int:
+    """The cube's patch size P (root attribute ``patch_size``)."""
+    p = int(ds.attrs.get("patch_size") or 0)
+    if p <= 0:
+        raise SelectionError("the dataset has no 'patch_size' attribute; open it with "
+                             "s2cube.open_cube")
+    return p
+
+
+def held_cells(ds: xr.Dataset, pix: str, cell: str, p: int | None = None) -> np.ndarray:
+    """Which of the Dataset's ``cell`` labels (``row`` or ``col``) have all P pixels in ``pix``.
+
+    A patch is held when all its pixels are in the Dataset, not held when none are; a
+    selection that keeps part of a patch is refused (per-patch verbs need whole patches).
+    """
+    p = patch_size(ds) if p is None else p
+    cells = np.asarray(ds[cell].values, dtype=np.int64).reshape(-1)
+    if pix not in ds.dims:
+        return np.ones(cells.size, bool)
+    pixels = np.asarray(ds[pix].values).reshape(-1)
+    if pixels.dtype.kind not in "iu":
+        raise SelectionError(f"the Dataset's {pix!r} coordinate holds {pixels.dtype} values, not "
+                             "the cube's pixel indices (ds.s2cube.roi() gives real coordinates "
+                             "for maps; this verb needs the cube's grid)")
+    inside = np.isin(cells[:, None] * p + np.arange(p)[None, :], pixels).sum(axis=1)
+    cut = np.flatnonzero((inside > 0) & (inside < p))
+    if cut.size:
+        c = int(cells[cut[0]])
+        raise SelectionError(
+            f"the selection along {pix!r} cuts patch {cell} {c} ({int(inside[cut[0]])} of its "
+            f"{p} pixels); this verb works on whole patches: select whole patches of {p} pixels")
+    return inside == p
+
+
+def align_cells(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with ``row``/``col`` cut to the patches whose pixels ``y``/``x`` hold, in order.
+
+    A spatial selection of the pixels (``ds.isel(y=slice(0, 2 * P))``) leaves the small
+    per-patch arrays whole; per-patch work needs both to name the same patches.
+
+    Raises
+    ------
+    SelectionError
+        The pixels cut a patch, or are not in patch order.
+    """
+    p = patch_size(ds)
+    cut: dict[str, np.ndarray] = {}
+    for pix, cell in (("y", "row"), ("x", "col")):
+        if cell not in ds.dims or pix not in ds.dims:
+            continue
+        held = held_cells(ds, pix, cell, p)
+        cells = np.asarray(ds[cell].values, dtype=np.int64)[held]
+        want = (cells[:, None] * p + np.arange(p)[None, :]).ravel()
+        if not np.array_equal(np.asarray(ds[pix].values), want):
+            raise SelectionError(f"the Dataset's {pix!r} pixels are not its patches' pixels in "
+                                 f"order ({cell} labels {cells.tolist()[:6]}); select whole "
+                                 "patches in the cube's order")
+        if held.size != cells.size:
+            cut[cell] = np.flatnonzero(held)
+    return ds.isel(cut) if cut else ds
+
+
 def patch_table(ds: xr.Dataset, split: str | None = "all",
                 region: str | None = "all") -> pd.DataFrame:
-    """Every patch of the cube in the reference sample order (index ``pdx``).
+    """Every patch the Dataset holds, in the reference sample order (index ``pdx``).
 
     ROIs in the order of the archive's tables, inside an ROI by ascending patch id (the
-    order of :func:`s2cube.plans.rules.patch_index`). Columns: ``roi, roi_index, row, col,
-    patch_id, split, region``. Reads the small ``patch_id`` array, never a pixel.
+    order of :func:`s2cube.plans.rules.patch_index`). Columns: ``roi``, ``row``, ``col``
+    (labels), ``patch_id``, ``split``, ``region``; and ``roi_pos``, ``row_pos``, ``col_pos``,
+    the patch's positions in this Dataset. Reads the small ``patch_id`` array, never a pixel.
     """
     from s2cube.plans.rules import patch_index
 
-    pid = np.asarray(ds["patch_id"].values)
-    names = np.atleast_1d(_roi_labels(ds, "roi"))
-    if pid.ndim == 2:  # a single ROI selected with its dim dropped
-        pid = pid[None]
-    index = patch_index(pid, list(names), split, region)
-    infos = [schema.roi_info(str(n)) for n in names]
+    one = ds if "roi" in ds.dims else ds.expand_dims("roi")
+    pid = np.asarray(one["patch_id"].transpose("roi", "row", "col").values).astype(np.int64)
+    held = held_cells(one, "y", "row")[:, None] & held_cells(one, "x", "col")[None, :]
+    pid = np.where(held[None], pid, -1)
+    names = roi_names(one)
+    index = patch_index(pid, names, split, region)
+    rows = np.asarray(one["row"].values, np.int64)
+    cols = np.asarray(one["col"].values, np.int64)
+    infos = [schema.roi_info(n) for n in names]
     table = pd.DataFrame({
-        "roi": names[index.roi] if len(index) else np.array([], str),
-        "roi_index": index.roi,
-        "row": index.row,
-        "col": index.col,
-        "patch_id": index.patch_id,
+        "roi": np.array(names, dtype=object)[index.roi] if len(index) else np.array([], object),
+        "row": rows[index.row],
+        "col": cols[index.col],
+        "patch_id": index.patch_id.astype(np.int64),
         "split": [infos[i].split for i in index.roi],
         "region": [infos[i].region for i in index.roi],
+        "roi_pos": index.roi,
+        "row_pos": index.row,
+        "col_pos": index.col,
     })
     table.index.name = "pdx"
     return table
@@ -144,14 +223,14 @@ def patches(ds: xr.Dataset, variables: Sequence[str] | None = None) -> xr.Datase
     Coordinates on ``patch``: ``pdx`` (the sample index), ``roi``, ``row``, ``col``,
     ``patch_id``, ``split``, ``region``.
     """
-    table = patch_table(ds)
-    p = int(ds.attrs.get("patch_size") or 0)
-    if p <= 0:
-        raise ValueError("the dataset has no 'patch_size' attribute; open it with s2cube.open_cube")
+    p = patch_size(ds)
     if "roi" not in ds.dims:
         ds = ds.expand_dims("roi")
+    ds = align_cells(ds)
+    table = patch_table(ds)
     n_rows, n_cols = ds.sizes["row"], ds.sizes["col"]
-    flat_index = ((table["roi_index"] * n_rows + table["row"]) * n_cols + table["col"]).to_numpy()
+    flat_index = ((table["roi_pos"] * n_rows + table["row_pos"]) * n_cols
+                  + table["col_pos"]).to_numpy()
     names = list(variables) if variables is not None else [
         n for n, v in ds.data_vars.items() if "roi" in v.dims]
     out = {}
@@ -166,7 +245,7 @@ def patches(ds: xr.Dataset, variables: Sequence[str] | None = None) -> xr.Datase
             index = flat_index
         else:
             lead = ["roi"]
-            index = table["roi_index"].to_numpy()
+            index = table["roi_pos"].to_numpy()
         axes = [dims.index(d) for d in lead]
         rest = [d for d in dims if d not in lead]
         out[name] = xr.Variable(("patch", *rest), _flatten(data, axes, index), var.attrs)

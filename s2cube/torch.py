@@ -27,7 +27,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from s2cube import schema
-from s2cube.io.storage import parse_location
 from s2cube.plans import rules as sampling
 from s2cube.training import batches as _samples
 
@@ -44,7 +43,8 @@ class SEN12MSCRTS(Dataset):
     Parameters
     ----------
     cube
-        Path or URL of the cube (or a :class:`s2cube.io.reader.CubeMeta`).
+        A Dataset from :func:`s2cube.open_cube` (any selection of its ROIs, slots, bands and
+        whole patches, read as it is) or the path or URL of a cube.
     split, region, cloud_masks, sample_type, sampler, n_input_samples, rescale_method,
     min_cov, max_cov, import_data_path
         As the reference loader (``archive.md`` sec. 6). ``import_data_path`` takes either
@@ -84,7 +84,7 @@ class SEN12MSCRTS(Dataset):
                                           trust=trust, storage_options=storage_options)
         self.root = root
         self.epoch = 0
-        self.reader = _samples.SampleReader(self.samples.meta, detector=cloud_masks,
+        self.reader = _samples.SampleReader(self.samples.view, detector=cloud_masks,
                                             rescale_method=rescale_method, threads=threads)
         if sampler == "random" and split in ("val", "test"):
             logger.warning("the random sampler on the %s split draws other slots every epoch",
@@ -123,15 +123,16 @@ class SEN12MSCRTS(Dataset):
         k = plan.inputs.shape[1]
         inputs = self._part(pdx, frames, list(range(k)), slots[:k])
         target = self._part(pdx, frames, [k], slots[k:])
-        inputs["idx"] = [int(t) for t in slots[:k]]
-        target["idx"] = int(slots[k])
+        labels = self.samples.view.time
+        inputs["idx"] = [int(labels[t]) for t in slots[:k]]
+        target["idx"] = int(labels[slots[k]])
         return {"input": inputs, "target": target, "coverage bin": bool(plan.match[pdx])}
 
     def _part(self, pdx: int, frames: dict, ks: list[int], slots: np.ndarray) -> dict:
         s = self.samples
         coord = s.coord(pdx)
-        return {
-            "S1": [frames["S1"][0, k] for k in ks],
+        out = {
+            "S1": [frames["S1"][0, k] for k in ks] if "S1" in frames else [],
             "S2": [frames["S2"][0, k] for k in ks],
             "masks": [frames["masks"][0, k] for k in ks],
             "coverage": [s.coverage[pdx, t] for t in slots],
@@ -141,6 +142,7 @@ class SEN12MSCRTS(Dataset):
             "S2 path": [s.path(pdx, "s2", int(t), self.root) for t in slots],
             "coord": [list(coord) for _ in slots],
         }
+        return out
 
 
 # --- sharding by rank and worker ------------------------------------------------------------
@@ -287,7 +289,16 @@ class BatchStream(IterableDataset):
 
 
 def _tensors(batch: dict) -> dict:
-    return {k: _tensors(v) if isinstance(v, dict) else _as_tensor(v) for k, v in batch.items()}
+    """Arrays as tensors; text (the provenance's ROI names) as a list of str."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, dict):
+            out[k] = _tensors(v)
+        elif isinstance(v, np.ndarray) and v.dtype.kind in "USO":
+            out[k] = [str(x) for x in v.tolist()]
+        else:
+            out[k] = _as_tensor(v)
+    return out
 
 
 def _as_tensor(v: np.ndarray) -> torch.Tensor:
@@ -380,7 +391,7 @@ class CubeLoader:
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
-        local = parse_location(stream.samples.meta.url).is_local
+        local = stream.samples.view.source.loc.is_local
         self.context = multiprocessing_context or default_context(self.num_workers, local)
         self.device = device
         self.persistent_workers = persistent_workers and self.num_workers > 0

@@ -113,3 +113,23 @@ def quicklook(
     if int(scale) > 1:
         img = img.repeat(int(scale), axis=0).repeat(int(scale), axis=1)
     return Quicklook(img, title, (low, high))
+
+
+def roi_quicklook(ds: xr.Dataset, roi: str, time: int, **options) -> Quicklook:
+    """Render ROI ``roi`` at the slot labelled ``time`` (the ``time`` label, not a position).
+
+    Raises
+    ------
+    SelectionError
+        The Dataset does not hold that ROI or that slot.
+    """
+    from s2cube.errors import SelectionError
+    from s2cube.select import sel_roi
+
+    one = sel_roi(ds, roi)
+    labels = [int(t) for t in np.atleast_1d(one["time"].values)]
+    if isinstance(time, bool) or not isinstance(time, int | np.integer) or int(time) not in labels:
+        raise SelectionError(f"slot {time!r} is not in this Dataset; its time labels are "
+                             f"{labels} (slots are named by label, e.g. quicklook({roi!r}, "
+                             f"{labels[0] if labels else 0}))")
+    return quicklook(one.s2.sel(time=int(time)), title=f"{roi} slot {int(time)}", **options)

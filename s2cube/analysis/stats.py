@@ -14,20 +14,10 @@ import numpy as np
 import xarray as xr
 
 from s2cube import schema
-from s2cube.select import detector_name
+from s2cube.select import detector_name, patch_size
 
-#: ``cloud_prob`` (probability × 100) at or above which the ``s2cloudless_map`` detector
-#: calls a pixel cloudy: the support of the reference map, which zeroes values < 0.5.
-MAP_THRESHOLD = 50
 DN_SCALE = 10000.0
 GROUPS = ("roi", "region", "split", "month", "collection")
-
-
-def _patch_size(ds: xr.Dataset) -> int:
-    p = int(ds.attrs.get("patch_size") or 0)
-    if p <= 0:
-        raise ValueError("the dataset has no 'patch_size' attribute; open it with s2cube.open_cube")
-    return p
 
 
 def rechunk(arr: xr.DataArray, chunks: dict[str, int]) -> xr.DataArray:
@@ -64,22 +54,12 @@ def to_pixels(frame_values: xr.DataArray, patch_size: int) -> xr.DataArray:
 
 def mask_source(detector: str) -> str:
     """The stored variable a detector's pixel mask comes from (``cloud_mask`` or ``cloud_prob``)."""
-    return "cloud_prob" if detector_name(detector) == "s2cloudless_map" else "cloud_mask"
+    return schema.mask_source(detector)
 
 
 def mask_from(raw, detector: str):
-    """Cloudy pixels of ``detector`` from its :func:`mask_source` values (NumPy or xarray).
-
-    ``s2cloudless_mask``: bit 1 of ``cloud_mask``; ``cloud_cloudshadow_mask``: bits 2 or 4
-    (rule-based cloud or shadow); ``s2cloudless_map``: ``cloud_prob`` ≥ 50 (the support
-    of the reference's probability map, which zeroes values below 0.5).
-    """
-    detector = detector_name(detector)
-    if detector == "s2cloudless_map":
-        return raw >= MAP_THRESHOLD
-    if detector == "s2cloudless_mask":
-        return (raw & schema.FLAG_S2CLOUDLESS) > 0
-    return (raw & (schema.FLAG_RULE_CLOUD | schema.FLAG_RULE_SHADOW)) > 0
+    """Cloudy pixels of ``detector`` from its stored values (:func:`s2cube.schema.cloudy`)."""
+    return schema.cloudy(raw, detector)
 
 
 def cloud_mask(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArray:
@@ -100,7 +80,7 @@ def valid_frames(ds: xr.Dataset) -> xr.DataArray:
 
 def valid_pixels(ds: xr.Dataset) -> xr.DataArray:
     """:func:`valid_frames` spread to pixels ``(roi, time, y, x)``, one chunk per patch."""
-    return to_pixels(valid_frames(ds), _patch_size(ds))
+    return to_pixels(valid_frames(ds), patch_size(ds))
 
 
 def reflectance(ds: xr.Dataset, *, clip: bool = False) -> xr.DataArray:

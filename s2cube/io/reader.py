@@ -1,27 +1,24 @@
-"""Fast reads of whole frames from the cube's sharded Zarr v3 arrays, for training.
+"""The one reader of the cube's bytes: layouts, shard indexes, byte ranges, checksums, decoding.
 
-No xarray or dask in the hot path. A plain ``zarr`` read of one frame pays per call for
-metadata, the shard index, a store request and a codec pipeline; a training sample needs
-12 frames (S2, S1 and a mask at ``n + 1`` slots), so that overhead dominates the ~5 ms of
-decoding. Here:
+Everything s2cube reads from a cube goes through :class:`ChunkReader`: the xarray backend
+(:mod:`s2cube.io.backend`, under every ``open_cube`` Dataset and so under every verb), the
+training loader (:mod:`s2cube.training.batches`) and ``s2cube verify``. No xarray or dask here.
 
-- the arrays' metadata are parsed once (:class:`ArrayLayout`), from the consolidated root;
-- a shard's index (its chunks' byte ranges) is read once per patch and cached;
-- the byte ranges a batch needs are fetched together (``os.pread`` on local files; one
-  concurrent ``cat_ranges`` call through fsspec for object stores, adjacent chunks merged);
-- chunks are decompressed with the array's own codec (numcodecs' Blosc/Zstd/GZip, which
-  release the GIL) straight into preallocated buffers, in a thread pool, and a request's
-  post-processing step (see :mod:`s2cube.training.batches`) runs in the same threads.
+- An array's Zarr v3 metadata are parsed once into an :class:`ArrayLayout`.
+- A shard's index (its chunks' byte ranges) is read once per process, its crc32c checked,
+  its entries checked against the shard's size, and cached.
+- The byte ranges a request needs are fetched together (``os.pread`` into a reused buffer
+  on local files; one concurrent call through obstore or fsspec on object stores, near
+  ranges of one object merged).
+- Every chunk's crc32c (the Zarr v3 ``crc32c`` codec, schema version 2) is verified before
+  it is decompressed, straight into the caller's array. A mismatch, an undecodable or
+  truncated chunk, a garbage index, or a chunk missing where the cube says a frame exists
+  raises :class:`~s2cube.errors.ChunkError` naming the variable, ROI, slot, patch and
+  storage key. No byte is served unverified.
 
-Each process opens its own store lazily, on first use: a :class:`ChunkReader` pickles
-without any live client, thread pool or file handle, and one created before a ``fork``
-re-opens everything in the child (a client used across a fork can hang).
-
-Crops: chunks are one whole patch (``P x P``) per slot, so a crop still reads and decodes the
-one chunk per frame it needs, and copies out the window; it saves memory and transfer to the
-model, not I/O.
-
-Turning sample plans into stacked arrays and batches lives in :mod:`s2cube.training.batches`.
+A :class:`ChunkReader` pickles without live state (clients, file handles, threads); every
+process opens its own on first use, so it is safe under ``fork``, ``spawn`` and
+``forkserver`` and inside dask workers.
 """
 
 from __future__ import annotations
@@ -30,47 +27,50 @@ import logging
 import math
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from s2cube import schema
-from s2cube.errors import IncompleteCubeError, NotACubeError, S2CubeError
+from s2cube.errors import ChunkError, NotACubeError, S2CubeError
 from s2cube.io.storage import Location, filesystem, parse_location
 
 logger = logging.getLogger(__name__)
 
 MAX_UINT_64 = 2**64 - 1
-#: read-ahead merge: byte ranges of one shard closer than this are fetched as one request
+#: read-ahead merge: byte ranges of one object closer than this are fetched as one request
 MERGE_GAP = 1 << 16
+#: bytes-to-bytes codecs the reader decodes
+COMPRESSORS = ("blosc", "zstd", "gzip")
 
 
 # --- array layout ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ArrayLayout:
-    """What a reader needs to know of one pixel array, parsed from its ``zarr.json``."""
+    """What a reader needs to know of one array, parsed from its ``zarr.json``."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     fill: Any
-    chunk: tuple[int, ...]  # the inner chunk (one frame)
+    chunk: tuple[int, ...]  # the inner chunk (for a pixel array: one patch at one slot)
     shard: tuple[int, ...] | None  # None when the array is not sharded
-    compressors: tuple[tuple[str, dict], ...]  # bytes-to-bytes codecs, in encoding order
+    compressors: tuple[tuple[str, dict], ...]  # bytes-to-bytes codecs before the checksum
+    checksum: bool  # every (inner) chunk ends with a crc32c of its bytes
     index_at_end: bool = True
     index_crc: bool = True
     prefix: str = "c"
     separator: str = "/"
+    dims: tuple[str, ...] = ()
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
-        """Shape of one frame (the chunk without its roi and time dims)."""
+        """Shape of one frame of a pixel array (the chunk without its roi and time dims)."""
         return self.chunk[2:]
 
     @property
@@ -82,30 +82,36 @@ class ArrayLayout:
     def index_nbytes(self) -> int:
         return 16 * math.prod(self.chunks_per_shard) + (4 if self.index_crc else 0)
 
-    def _key(self, coords: Sequence[int]) -> str:
+    @property
+    def fill_value(self) -> Any:
+        return 0 if self.fill is None else self.fill
+
+    def key(self, coords: Sequence[int]) -> str:
+        """Storage key (below the array) of the chunk, or shard, at grid ``coords``."""
         parts = [str(int(c)) for c in coords]
         if self.prefix:
             parts.insert(0, self.prefix)
         return self.separator.join(parts)
 
     def object_key(self, roi: int, row: int, col: int, slot: int) -> str:
-        """Key (below the array) of the shard, or unsharded chunk, holding this frame."""
+        """Key of the shard (or unsharded chunk) holding one frame of a pixel array."""
         size = self.shard or self.chunk
         p = self.chunk[-1]
         coords = [roi // size[0], slot // size[1]] + [0] * (len(self.shape) - 4)
         coords += [row * p // size[-2], col * p // size[-1]]
-        return self._key(coords)
+        return self.key(coords)
 
     def chunk_in_shard(self, slot: int) -> int:
-        """Linear position of slot ``slot``'s chunk in the shard index (C order)."""
+        """Linear position of slot ``slot``'s chunk in its shard's index (C order)."""
         per = self.chunks_per_shard
         return int(slot % (self.shard or self.chunk)[1]) * math.prod(per[2:])
 
 
-def parse_layout(name: str, meta: dict, *, cube: bool = True) -> ArrayLayout:
+def parse_layout(name: str, meta: dict, *, frames: bool = True) -> ArrayLayout:
     """An :class:`ArrayLayout` from an array's Zarr v3 metadata (the ``zarr.json`` dict).
 
-    ``cube``: check that the inner chunks are one patch at one slot, as the frame reads need.
+    ``frames``: check that the inner chunks are one square patch at one slot, as the frame
+    reads of the pixel arrays need.
     """
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
         raise NotACubeError(f"{name} is not a Zarr v3 array")
@@ -126,15 +132,18 @@ def parse_layout(name: str, meta: dict, *, cube: bool = True) -> ArrayLayout:
     else:
         chunk = outer
     endian = "little"
-    compressors = []
-    for c in codecs:
+    compressors: list[tuple[str, dict]] = []
+    checksum = False
+    for i, c in enumerate(codecs):
         cname = c["name"]
         if cname == "bytes":
             endian = (c.get("configuration") or {}).get("endian", "little")
-        elif cname in ("blosc", "zstd", "gzip", "crc32c"):
+        elif cname == "crc32c" and i == len(codecs) - 1:
+            checksum = True
+        elif cname in COMPRESSORS:
             compressors.append((cname, dict(c.get("configuration") or {})))
         else:
-            raise S2CubeError(f"{name}: codec {cname!r} is not supported by the fast reader; "
+            raise S2CubeError(f"{name}: codec {cname!r} is not supported by s2cube's reader; "
                               "read this array with zarr instead")
     dtype = np.dtype(meta["data_type"]).newbyteorder("<" if endian == "little" else ">")
     fill = meta.get("fill_value")
@@ -143,104 +152,66 @@ def parse_layout(name: str, meta: dict, *, cube: bool = True) -> ArrayLayout:
     enc = meta.get("chunk_key_encoding", {"name": "default"})
     sep = (enc.get("configuration") or {}).get("separator", "/" if enc["name"] == "default" else ".")
     prefix = "c" if enc["name"] == "default" else ""
-    if cube and (len(chunk) < 4 or chunk[0] != 1 or chunk[1] != 1 or chunk[-1] != chunk[-2]):
+    if frames and (len(chunk) < 4 or chunk[0] != 1 or chunk[1] != 1 or chunk[-1] != chunk[-2]):
         raise S2CubeError(f"{name}: inner chunks {chunk} are not one square patch at one slot; "
-                          "the fast reader needs the cube layout (1, 1, ..., P, P)")
-    return ArrayLayout(name, shape, dtype.str, fill, chunk, shard, tuple(compressors),
-                       index_at_end, index_crc, prefix, sep)
+                          "the reader needs the cube layout (1, 1, ..., P, P)")
+    return ArrayLayout(name, shape, dtype.str, fill, chunk, shard, tuple(compressors), checksum,
+                       index_at_end, index_crc, prefix, sep,
+                       tuple(meta.get("dimension_names") or ()))
 
 
-# --- the cube's small variables -----------------------------------------------------------------
+# --- read statistics (for tests and benchmarks) --------------------------------------------------
 
-@dataclass(frozen=True)
-class CubeMeta:
-    """The cube's coordinates and small variables, as NumPy arrays (read once, never pixels)."""
+@dataclass
+class ReadStats:
+    """Requests and bytes read by this process's readers while a :func:`counting` block ran."""
 
-    url: str
-    storage_options: dict = field(hash=False, compare=False, repr=False)
-    patch_size: int
-    roi_names: tuple[str, ...]
-    transform: np.ndarray  # (roi, 6)
-    coverage: np.ndarray  # (roi, time, row, col, detector) float32
-    patch_id: np.ndarray  # (roi, row, col)
-    valid_s2: np.ndarray
-    valid_s1: np.ndarray
-    blank: np.ndarray
-    s2_date: np.ndarray  # datetime64[D], NaT where missing
-    s1_date: np.ndarray
-    layouts: dict[str, ArrayLayout] = field(hash=False, compare=False, repr=False)
+    requests: int = 0
+    bytes: int = 0
+    chunks: int = 0
+    by_array: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def detectors(self) -> tuple[str, ...]:
-        return schema.DETECTORS
+    def add(self, key: str, nbytes: int) -> None:
+        self.requests += 1
+        self.bytes += nbytes
+        top = key.split("/", 1)[0]
+        self.by_array[top] = self.by_array.get(top, 0) + nbytes
 
 
-def _decode_dates(values: np.ndarray, attrs: dict, fill: Any) -> np.ndarray:
-    if np.issubdtype(values.dtype, np.datetime64):
-        return values.astype("datetime64[D]")
-    units = str(attrs.get("units", ""))
-    unit, _, epoch = units.partition(" since ")
-    steps = {"days": "D", "hours": "h", "minutes": "m", "seconds": "s"}
-    if unit not in steps or not epoch:
-        raise S2CubeError(f"dates encoded as {units!r} are not understood; expected "
-                          "'days since YYYY-MM-DD'")
-    missing = values == attrs.get("_FillValue", fill)
-    out = (np.datetime64(epoch.strip()[:19]) + values.astype(np.int64).astype(
-        f"timedelta64[{steps[unit]}]")).astype("datetime64[D]")
-    out[missing] = np.datetime64("NaT")
-    return out
+_COUNTERS: list[ReadStats] = []
+_COUNT_LOCK = threading.Lock()
 
 
-def load_meta(url: str | os.PathLike, storage_options: dict | None = None, *,
-              allow_incomplete: bool = False) -> CubeMeta:
-    """Read the cube's small variables and pixel-array layouts (one consolidated metadata read).
+@contextmanager
+def counting():
+    """Count what every :class:`ChunkReader` of this process reads inside the block.
 
-    Raises
-    ------
-    NotACubeError
-        ``url`` holds no s2cube cube.
-    IncompleteCubeError
-        The cube is being written or a conversion stopped before finishing.
+    ``with counting() as stats: ...`` then ``stats.requests``, ``stats.bytes``,
+    ``stats.chunks`` (chunks decoded) and ``stats.by_array``. Reads in other processes
+    (dask workers, DataLoader workers) are not counted.
     """
-    import zarr
-
-    from s2cube.io.storage import zarr_store
-
-    loc = parse_location(url, storage_options)
+    stats = ReadStats()
+    with _COUNT_LOCK:
+        _COUNTERS.append(stats)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-            group = zarr.open_group(zarr_store(loc, read_only=True), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        raise NotACubeError(f"{loc.url} holds no Zarr group; check the path of the cube") from None
-    attrs = dict(group.attrs)
-    if attrs.get("title") != schema.TITLE:
-        raise NotACubeError(f"{loc.url} is not an s2cube cube (title {attrs.get('title')!r})")
-    if attrs.get(schema.ATTR_STATE) != schema.STATE_COMPLETE and not allow_incomplete:
-        raise IncompleteCubeError(f"{loc.url} is {attrs.get(schema.ATTR_STATE)!r}, not complete; "
-                                  "finish or resume the conversion first")
-    arrays = {}
-    for name in ("coverage", "patch_id", "valid_s2", "valid_s1", "blank", "s2_date", "s1_date",
-                 "roi", "transform"):
-        arrays[name] = group[name]
-    dates = {k: _decode_dates(arrays[k][...], dict(arrays[k].attrs), arrays[k].fill_value)
-             for k in ("s2_date", "s1_date")}
-    layouts = {}
-    for var in schema.PIXEL_VARIABLES:
-        if var in group:
-            layouts[var] = parse_layout(var, group[var].metadata.to_dict())
-    return CubeMeta(
-        url=loc.url, storage_options=dict(loc.storage_options),
-        patch_size=int(attrs.get("patch_size") or layouts["s2"].chunk[-1]),
-        roi_names=tuple(str(r) for r in arrays["roi"][...]),
-        transform=np.asarray(arrays["transform"][...], np.float64),
-        coverage=np.asarray(arrays["coverage"][...]),
-        patch_id=np.asarray(arrays["patch_id"][...]),
-        valid_s2=np.asarray(arrays["valid_s2"][...], bool),
-        valid_s1=np.asarray(arrays["valid_s1"][...], bool),
-        blank=np.asarray(arrays["blank"][...], bool),
-        s2_date=dates["s2_date"], s1_date=dates["s1_date"], layouts=layouts,
-    )
+        yield stats
+    finally:
+        with _COUNT_LOCK:
+            _COUNTERS.remove(stats)
+
+
+def _count(key: str, nbytes: int) -> None:
+    if _COUNTERS:
+        with _COUNT_LOCK:
+            for c in _COUNTERS:
+                c.add(key, nbytes)
+
+
+def _count_chunk() -> None:
+    if _COUNTERS:
+        with _COUNT_LOCK:
+            for c in _COUNTERS:
+                c.chunks += 1
 
 
 # --- backends: byte ranges from files or object stores --------------------------------------------
@@ -262,7 +233,7 @@ class _LocalBackend:
                 return got
         try:
             fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         got = (fd, os.fstat(fd).st_size)
         with self._lock:
@@ -270,6 +241,10 @@ class _LocalBackend:
             while len(self._fds) > self.max_open:
                 os.close(self._fds.popitem(last=False)[1][0])
         return got
+
+    def size(self, key: str) -> int | None:
+        got = self._fd(key)
+        return None if got is None else got[1]
 
     def read(self, key: str, start: int, stop: int | None) -> bytes | None:
         """Bytes ``[start, stop)`` of ``key`` (negative ``start``: a suffix); None if absent."""
@@ -279,8 +254,10 @@ class _LocalBackend:
         fd, size = got
         if start < 0:
             start, stop = max(size + start, 0), size
-        stop = size if stop is None else stop
-        return os.pread(fd, stop - start, start)
+        stop = size if stop is None else min(stop, size)
+        data = os.pread(fd, max(stop - start, 0), start)
+        _count(key, len(data))
+        return data
 
     def read_into(self, key: str, start: int, stop: int, buf: bytearray) -> memoryview | None:
         """Bytes ``[start, stop)`` of ``key`` read into ``buf`` (no allocation); None if absent."""
@@ -288,7 +265,9 @@ class _LocalBackend:
         if got is None:
             return None
         view = memoryview(buf)[:stop - start]
-        return view[:os.preadv(got[0], [view], start)]
+        n = os.preadv(got[0], [view], start)
+        _count(key, n)
+        return view[:n]
 
     def read_many(self, reqs: list[tuple[str, int, int | None]]) -> list[bytes | None]:
         return [self.read(*r) for r in reqs]
@@ -307,26 +286,31 @@ class _FsspecBackend:
         self.fs = filesystem(loc)
         self.root = loc.path
 
+    def size(self, key: str) -> int | None:
+        try:
+            return int(self.fs.size(f"{self.root}/{key}"))
+        except FileNotFoundError:
+            return None
+
     def read_many(self, reqs: list[tuple[str, int, int | None]]) -> list[bytes | None]:
         if not reqs:
             return []
-        paths, starts, ends = [], [], []
-        for key, start, stop in reqs:
-            paths.append(f"{self.root}/{key}")
-            starts.append(start)
-            ends.append(stop)
-        # suffix ranges (negative starts) go as they are: one request each on S3/HTTP
+        paths = [f"{self.root}/{key}" for key, _, _ in reqs]
+        starts = [start for _, start, _ in reqs]
+        ends = [stop for _, _, stop in reqs]
         got = self.fs.cat_ranges(paths, starts, ends, on_error="return")
         out: list[bytes | None] = []
-        for path, start, g in zip(paths, starts, got):
+        for (key, start, _), path, g in zip(reqs, paths, got):
             if isinstance(g, FileNotFoundError):
                 out.append(None)
-            elif isinstance(g, BaseException) and start < 0:  # no suffix ranges here
-                out.append(self._suffix(path, -start))
+                continue
+            if isinstance(g, BaseException) and start < 0:  # no suffix ranges here
+                g = self._suffix(path, -start)
             elif isinstance(g, BaseException):
                 raise S2CubeError(f"reading {path} failed: {g}") from g
-            else:
-                out.append(g)
+            if g is not None:
+                _count(key, len(g))
+            out.append(g)
         return out
 
     def _suffix(self, path: str, n: int) -> bytes | None:
@@ -341,8 +325,8 @@ class _FsspecBackend:
 
 
 class _ObstoreBackend:
-    """S3 through obstore (Rust object_store): ranges of each shard coalesced and fetched
-    concurrently, all shards of a batch at once, on an event loop thread of this process."""
+    """S3 through obstore (Rust object_store): ranges of each object coalesced and fetched
+    concurrently, all objects of a request at once, on an event loop thread of this process."""
 
     def __init__(self, loc: Location) -> None:
         from s2cube.io.storage import obstore_s3
@@ -361,6 +345,14 @@ class _ObstoreBackend:
                                  name="s2cube-obstore").start()
                 self._loop = loop
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def size(self, key: str) -> int | None:
+        import obstore
+
+        try:
+            return int(self._run(obstore.head_async(self.store, key))["size"])
+        except FileNotFoundError:
+            return None
 
     def read_many(self, reqs: list[tuple[str, int, int | None]]) -> list[bytes | None]:
         return self._run(self._gather(reqs)) if reqs else []
@@ -385,14 +377,16 @@ class _ObstoreBackend:
                         ends=[reqs[i][2] for i in plain])
                     for i, g in zip(plain, got):
                         out[i] = g
+                        _count(key, len(g))
                 for i in other:
                     start, stop = reqs[i][1], reqs[i][2]
                     rng = ({"suffix": -start} if start < 0 else
                            {"offset": start} if stop is None else (start, stop))
                     res = await obstore.get_async(self.store, key, options={"range": rng})
                     out[i] = await res.bytes_async()
+                    _count(key, len(out[i]))
             except FileNotFoundError:
-                pass  # an absent shard: fill values
+                pass  # an absent object
 
         await asyncio.gather(*(one(k, v) for k, v in by_key.items()))
         return out
@@ -404,11 +398,11 @@ class _ObstoreBackend:
             self._loop = None
 
 
-def _backend(loc: Location, backend: str | None):
-    """The byte-range backend of this process for ``loc``."""
+def open_backend(loc: Location, backend: str | None = None):
+    """The byte-range backend of this process for ``loc`` (local files, obstore or fsspec)."""
     if loc.is_local:
         return _LocalBackend(loc.path)
-    if getattr(loc, "is_s3", False):
+    if loc.is_s3:
         from s2cube.io.storage import backend_of
 
         if backend_of(backend) == "obstore":
@@ -416,54 +410,89 @@ def _backend(loc: Location, backend: str | None):
     return _FsspecBackend(loc)
 
 
-# --- decoding ---------------------------------------------------------------------------------
+# --- checksums and decoding --------------------------------------------------------------------
 
-def _decompress(layout: ArrayLayout, buf: bytes, out: np.ndarray) -> None:
-    """Decode one chunk's bytes into ``out`` (C-contiguous, the chunk's dtype and size)."""
-    data = memoryview(buf)
-    steps = list(layout.compressors)
-    while steps and steps[-1][0] == "crc32c":  # a checksum after compression: strip it
-        steps.pop()
+def crc32c(data) -> int:
+    """The CRC-32C of ``data`` (hardware-accelerated by google-crc32c where it can)."""
+    import google_crc32c
+
+    return google_crc32c.value(np.frombuffer(data, dtype=np.uint8))
+
+
+def _crc_ok(data: memoryview) -> bool:
+    return crc32c(data[:-4]) == int.from_bytes(data[-4:], "little")
+
+
+def decode_chunk(layout: ArrayLayout, buf, out: np.ndarray) -> str | None:
+    """Verify and decode one stored chunk into ``out`` (the chunk's dtype, C-contiguous).
+
+    Returns None when the chunk is good, else the reason it is not (``"checksum"``,
+    ``"decode"``, ``"truncated"``): the caller names the chunk in its error.
+    """
+    data = memoryview(buf).cast("B")
+    if layout.checksum:
+        if len(data) < 4 or not _crc_ok(data):
+            return "checksum"
         data = data[:-4]
-    if not steps:
-        np.copyto(out, np.frombuffer(data, dtype=out.dtype).reshape(out.shape))
-        return
-    for i, (name, _cfg) in enumerate(reversed(steps)):
-        last = i == len(steps) - 1
-        dest = out if last else None
-        if name == "blosc":
-            from numcodecs import blosc
+    steps = layout.compressors
+    try:
+        if not steps:
+            if len(data) != out.nbytes:
+                return "truncated"
+            np.copyto(out, np.frombuffer(data, dtype=out.dtype).reshape(out.shape))
+            return None
+        for i, (name, _cfg) in enumerate(reversed(steps)):
+            dest = out if i == len(steps) - 1 else None
+            data = _decompress_one(name, data, dest, out.nbytes)
+    except Exception:  # numcodecs raises SystemError, ValueError, RuntimeError on bad input
+        logger.debug("decoding %s failed", layout.name, exc_info=True)
+        return "decode"
+    _count_chunk()
+    return None
 
-            if dest is not None:
-                blosc.decompress(data, dest)
-            else:
-                data = memoryview(blosc.decompress(data))
-        elif name == "zstd":
-            from numcodecs import Zstd
 
-            res = Zstd().decode(data, dest)
-            data = memoryview(res) if dest is None else data
-        elif name == "gzip":
-            from numcodecs import GZip
+def _decompress_one(name: str, data: memoryview, dest: np.ndarray | None, nbytes: int):
+    if name == "blosc":
+        from numcodecs import blosc
 
-            res = GZip().decode(data, dest)
-            data = memoryview(res) if dest is None else data
-        else:
-            raise S2CubeError(f"{layout.name}: codec {name} cannot be decoded here")
+        # the Blosc 1 header (16 bytes): version, versionlz, flags, typesize, then little-endian
+        # uint32 nbytes, blocksize, cbytes; check it before trusting it with a buffer
+        if len(data) < 16 or int.from_bytes(data[12:16], "little") != len(data):
+            raise ValueError("the blosc header does not match the chunk's length")
+        if dest is not None:
+            size = int.from_bytes(data[4:8], "little")
+            if size != nbytes:
+                raise ValueError(f"blosc header says {size} bytes, the chunk holds {nbytes}")
+            blosc.decompress(data, dest)
+            return data
+        return memoryview(blosc.decompress(data))
+    if name == "zstd":
+        from numcodecs import Zstd
+
+        res = Zstd().decode(data, dest)
+        return data if dest is not None else memoryview(res)
+    if name == "gzip":
+        from numcodecs import GZip
+
+        res = GZip().decode(data, dest)
+        return data if dest is not None else memoryview(res)
+    raise ValueError(f"codec {name} cannot be decoded here")
 
 
 # --- requests --------------------------------------------------------------------------------
 
-#: A post-processing step: ``post(frame, out)`` writes the (cropped) decoded frame into ``out``.
+#: A post-processing step: ``post(frame, out)`` writes the (selected) decoded frame into ``out``.
 Post = Callable[[np.ndarray, np.ndarray], None]
 
 
 @dataclass
 class FrameRequest:
-    """One frame to read into ``out``: variable, patch location, slot, crop and post-processing.
+    """One frame of a pixel array to read into ``out``.
 
-    ``crop`` is ``(y0, x0, h, w)`` inside the patch; ``post`` receives the decoded (cropped)
-    frame and ``out``; without it the frame is copied (or decoded straight) into ``out``.
+    ``roi``, ``row``, ``col``, ``slot`` are stored positions. ``select`` is an index applied
+    to the decoded frame (e.g. bands and a window) before it is copied, or handed to
+    ``post(frame, out)``; without either, the frame is decoded straight into ``out``.
+    ``expect``: the cube says this frame exists, so an absent chunk is an error, not fill.
     """
 
     var: str
@@ -472,34 +501,36 @@ class FrameRequest:
     col: int
     slot: int
     out: np.ndarray
-    crop: tuple[int, int, int, int] | None = None
+    select: tuple | None = None
     post: Post | None = None
+    expect: bool = False
 
 
 class ChunkReader:
-    """Reads frames of a cube's pixel arrays, with a cached shard index and a thread pool.
-
-    Pickles without live state (store clients, file handles, threads); every process opens its
-    own on first use, so it is safe under ``fork``, ``spawn`` and ``forkserver``.
+    """Reads a cube's frames and small arrays: cached shard indexes, checksums, decoding.
 
     Parameters
     ----------
     url, storage_options
         The cube.
     layouts
-        Parsed layouts of the pixel arrays (from :func:`load_meta`).
+        Parsed layouts of the arrays to read (:func:`parse_layout`), by variable name.
+    roi_names
+        The cube's ROI labels in stored order (errors name the ROI of a bad chunk).
     threads
-        Decoding threads per process.
+        Decoding threads: 1 decodes in the calling thread (dask tasks, which bring their own
+        parallelism); more decode one request's frames in a pool of this process.
     backend
         For S3: ``"obstore"`` or ``"fsspec"`` (default: ``s2cube.io.storage.backend_of()``).
     """
 
     def __init__(self, url: str, layouts: dict[str, ArrayLayout], *,
-                 storage_options: dict | None = None, threads: int = 2,
-                 backend: str | None = None) -> None:
+                 roi_names: Sequence[str] = (), storage_options: dict | None = None,
+                 threads: int = 1, backend: str | None = None) -> None:
         self.loc = parse_location(url, storage_options)
         self.backend = backend
         self.layouts = dict(layouts)
+        self.roi_names = tuple(str(r) for r in roi_names)
         self.threads = max(1, int(threads))
         self._state: dict[str, Any] | None = None
 
@@ -512,10 +543,11 @@ class ChunkReader:
     def _live(self) -> dict[str, Any]:
         st = self._state
         if st is None or st["pid"] != os.getpid():
-            backend = _backend(self.loc, self.backend)
-            # always decode in pool threads: numcodecs' Blosc then uses a private context
-            # instead of its global thread pool (which is not fork-safe and serialises callers)
-            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="s2cube-read")
+            backend = open_backend(self.loc, self.backend)
+            # decode in pool threads: numcodecs' Blosc then uses a private context instead of
+            # its global thread pool (which is not fork-safe and serialises callers)
+            pool = (ThreadPoolExecutor(self.threads, thread_name_prefix="s2cube-read")
+                    if self.threads > 1 else None)
             st = {"pid": os.getpid(), "backend": backend, "pool": pool, "index": {},
                   "scratch": threading.local()}
             self._state = st
@@ -526,12 +558,38 @@ class ChunkReader:
         st = self._state
         if st is not None and st["pid"] == os.getpid():
             st["backend"].close()
-            st["pool"].shutdown(wait=False)
+            if st["pool"] is not None:
+                st["pool"].shutdown(wait=False)
         self._state = None
 
-    # shard indices --------------------------------------------------------------------------
-    def _indices(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray | None]:
-        """Shard indices ``(n_chunks, 2)`` of ``(var, key)`` pairs, read once and cached."""
+    # errors ---------------------------------------------------------------------------------
+    def _where(self, var: str, key: str) -> str:
+        return f"{self.loc.url}/{var}/{key}"
+
+    def chunk_error(self, reason: str, req: FrameRequest, key: str, detail: str = "") -> ChunkError:
+        """A :class:`ChunkError` naming the frame of ``req`` and its storage key."""
+        roi = self.roi_names[req.roi] if req.roi < len(self.roi_names) else f"#{req.roi}"
+        what = {"checksum": "fails its crc32c checksum",
+                "decode": "cannot be decoded",
+                "truncated": "is truncated",
+                "index": "has a damaged shard index",
+                "missing": "is missing although the cube records the frame as present"}[reason]
+        return ChunkError(
+            f"{req.var} of ROI {roi}, slot {req.slot}, patch (row {req.row}, col {req.col}) "
+            f"{what}{': ' + detail if detail else ''} (key {self._where(req.var, key)}). "
+            "The cube is damaged: run `s2cube verify CUBE` to list every bad chunk, then "
+            "convert the archive again into it (`s2cube convert ARCHIVE CUBE --verify` "
+            "rewrites the patches that hold them)",
+            variable=req.var, roi=roi, slot=req.slot, row=req.row, col=req.col,
+            key=f"{req.var}/{key}", reason=reason)
+
+    # shard indexes --------------------------------------------------------------------------
+    def shard_index(self, var: str, key: str) -> np.ndarray | str | None:
+        """The ``(n_chunks, 2)`` index of one shard, None if absent, or why it is unusable."""
+        return self._indices([(var, key)])[(var, key)]
+
+    def _indices(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """Shard indices of ``(var, key)`` pairs, read once and cached (bad ones not cached)."""
         st = self._live()
         cache: dict = st["index"]
         todo = [k for k in dict.fromkeys(keys) if k not in cache]
@@ -542,36 +600,63 @@ class ChunkReader:
                 n = lay.index_nbytes
                 reqs.append((f"{var}/{key}", -n, None) if lay.index_at_end
                             else (f"{var}/{key}", 0, n))
-            for (var, key), raw in zip(todo, st["backend"].read_many(reqs)):
-                cache[(var, key)] = self._parse_index(var, raw)
+            backend = st["backend"]
+            sizes = ([backend.size(f"{var}/{key}") for var, key in todo]
+                     if isinstance(backend, _LocalBackend) else [None] * len(todo))
+            out = {}
+            for (var, key), raw, size in zip(todo, backend.read_many(reqs), sizes):
+                parsed = self._parse_index(var, raw, size)
+                out[(var, key)] = parsed
+                if not isinstance(parsed, str):
+                    cache[(var, key)] = parsed
+            return {k: cache[k] if k in cache else out[k] for k in keys}
         return {k: cache[k] for k in keys}
 
-    def _parse_index(self, var: str, raw: bytes | None) -> np.ndarray | None:
+    def _parse_index(self, var: str, raw: bytes | None, size: int | None) -> np.ndarray | str | None:
         if raw is None:
             return None
         lay = self.layouts[var]
         n = 16 * math.prod(lay.chunks_per_shard)
         if len(raw) < lay.index_nbytes:
-            raise S2CubeError(f"shard of {var} is truncated ({len(raw)} bytes of index)")
-        return np.frombuffer(memoryview(raw)[:n], dtype="<u8").reshape(-1, 2).copy()
+            return f"the shard holds {len(raw)} bytes, less than its index"
+        view = memoryview(raw)
+        if lay.index_crc and not _crc_ok(view[:lay.index_nbytes]):
+            return "the shard index fails its crc32c checksum (a truncated or overwritten shard)"
+        index = np.frombuffer(view[:n], dtype="<u8").reshape(-1, 2).copy()
+        present = index[:, 0] != MAX_UINT_64
+        if size is not None:
+            body = size - lay.index_nbytes if lay.index_at_end else size
+            start = 0 if lay.index_at_end else lay.index_nbytes
+            ends = index[present, 0] + index[present, 1]
+            if (index[present, 0] < start).any() or (ends > body + start).any():
+                return "the shard index points outside the shard"
+        return index
 
     # reading --------------------------------------------------------------------------------
     def read(self, requests: Sequence[FrameRequest]) -> None:
-        """Fill every request's ``out`` (fill value where a chunk or shard is absent)."""
+        """Fill every request's ``out``; fill value where a frame was never written.
+
+        Raises
+        ------
+        ChunkError
+            A chunk fails its checksum, cannot be decoded, its shard index is damaged, or
+            it is absent while the request says the frame exists.
+        """
         if not requests:
             return
         st = self._live()
-        ranges: list[tuple[str, int, int | None] | None] = []
-        sharded = [(r.var, self.layouts[r.var].object_key(r.roi, r.row, r.col, r.slot))
-                   for r in requests if self.layouts[r.var].shard is not None]
+        keys = [self.layouts[r.var].object_key(r.roi, r.row, r.col, r.slot) for r in requests]
+        sharded = [(r.var, k) for r, k in zip(requests, keys) if self.layouts[r.var].shard]
         index = self._indices(sharded) if sharded else {}
-        for r in requests:
+        ranges: list[tuple[str, int, int | None] | None] = []
+        for r, key in zip(requests, keys):
             lay = self.layouts[r.var]
-            key = lay.object_key(r.roi, r.row, r.col, r.slot)
             if lay.shard is None:
                 ranges.append((f"{r.var}/{key}", 0, None))
                 continue
             idx = index[(r.var, key)]
+            if isinstance(idx, str):
+                raise self.chunk_error("index", r, key, idx)
             if idx is None:
                 ranges.append(None)
                 continue
@@ -579,9 +664,13 @@ class ChunkReader:
             ranges.append(None if off == MAX_UINT_64 else (f"{r.var}/{key}", off, off + nbytes))
         backend = st["backend"]
         if isinstance(backend, _LocalBackend):
-            jobs = [(r, rng, None) for r, rng in zip(requests, ranges)]
+            jobs = [(r, k, rng, None) for r, k, rng in zip(requests, keys, ranges)]
         else:
-            jobs = [(r, None, b) for r, b in zip(requests, self._fetch(backend, ranges))]
+            jobs = [(r, k, None, b) for r, k, b in zip(requests, keys, self._fetch(backend, ranges))]
+        if st["pool"] is None or len(jobs) == 1:
+            for job in jobs:
+                self._one(st, *job)
+            return
         for f in [st["pool"].submit(self._one, st, *job) for job in jobs]:
             f.result()
 
@@ -600,10 +689,11 @@ class ChunkReader:
         got = backend.read_many([(m[0], m[1], m[2]) for m in merged])
         out: list[bytes | None] = [None] * len(ranges)
         for m, data in zip(merged, got):
-            view = memoryview(data) if data is not None else None
+            if data is None:
+                continue
+            view = memoryview(data)
             for i, start, stop in m[3]:
-                if view is not None:
-                    out[i] = view[start - m[1]:(stop - m[1]) if stop is not None else None]
+                out[i] = view[start - m[1]:(stop - m[1]) if stop is not None else None]
         return out
 
     def _scratch(self, st, shape, dtype) -> np.ndarray:
@@ -618,36 +708,71 @@ class ChunkReader:
         return buf
 
     def _bytes(self, st, n: int) -> bytearray:
-        """This thread's read buffer, at least ``n`` bytes: a fresh ``bytes`` per chunk costs
-        page faults wherever glibc serves large allocations by ``mmap`` (dask workers)."""
+        """This thread's read buffer of at least ``n`` bytes (no page faults per chunk)."""
         local = st["scratch"]
         buf = getattr(local, "raw", None)
         if buf is None or len(buf) < n:
             buf = local.raw = bytearray(max(n, 1 << 20))
         return buf
 
-    def _one(self, st, req: FrameRequest, rng, data) -> None:
+    def _one(self, st, req: FrameRequest, key: str, rng, data) -> None:
         lay = self.layouts[req.var]
         if rng is not None:
-            key, start, stop = rng
+            k, start, stop = rng
             if stop is None:
                 data = st["backend"].read(*rng)
             else:
-                data = st["backend"].read_into(key, start, stop, self._bytes(st, stop - start))
-        direct = (req.crop is None and req.post is None and req.out.dtype == np.dtype(lay.dtype)
+                data = st["backend"].read_into(k, start, stop, self._bytes(st, stop - start))
+            if data is not None and stop is not None and len(data) != stop - start:
+                raise self.chunk_error("truncated", req, key,
+                                       f"{len(data)} of {stop - start} bytes")
+        direct = (req.select is None and req.post is None and req.out.dtype == np.dtype(lay.dtype)
                   and req.out.flags.c_contiguous and req.out.shape == lay.frame_shape)
         frame = req.out if direct else self._scratch(st, lay.frame_shape, lay.dtype)
         if data is None:
-            frame.fill(lay.fill if lay.fill is not None else 0)
+            if req.expect:
+                raise self.chunk_error("missing", req, key)
+            frame.fill(lay.fill_value)
         else:
-            _decompress(lay, data, frame)
+            bad = decode_chunk(lay, data, frame)
+            if bad is not None:
+                raise self.chunk_error(bad, req, key)
         if direct:
             return
-        if req.crop is not None:
-            y0, x0, h, w = req.crop
-            frame = frame[..., y0:y0 + h, x0:x0 + w]
+        if req.select is not None:
+            frame = frame[req.select]
         if req.post is not None:
             req.post(frame, req.out)
         else:
             np.copyto(req.out, frame, casting="unsafe")
 
+    # small arrays -------------------------------------------------------------------------------
+    def read_array(self, var: str) -> np.ndarray:
+        """A whole unsharded array (the cube's small variables), every chunk verified.
+
+        Raises
+        ------
+        ChunkError
+            A chunk fails its checksum or cannot be decoded.
+        """
+        lay = self.layouts[var]
+        if lay.shard is not None:
+            raise S2CubeError(f"{var} is sharded; read it frame by frame")
+        st = self._live()
+        coords = list(np.ndindex(*[math.ceil(s / c) for s, c in zip(lay.shape, lay.chunk)]))
+        keys = [lay.key(c) for c in coords]
+        got = st["backend"].read_many([(f"{var}/{k}", 0, None) for k in keys])
+        out = np.full(lay.shape, lay.fill_value, dtype=np.dtype(lay.dtype))
+        for c, key, data in zip(coords, keys, got):
+            if data is None:
+                continue
+            chunk = np.empty(lay.chunk, dtype=np.dtype(lay.dtype))
+            bad = decode_chunk(lay, data, chunk)
+            if bad is not None:
+                raise ChunkError(
+                    f"{var} (a small variable of the cube) {bad} check failed at key "
+                    f"{self._where(var, key)}. The cube is damaged: convert the archive again "
+                    "into a new cube", variable=var, key=f"{var}/{key}", reason=bad)
+            sl = tuple(slice(i * n, min((i + 1) * n, s)) for i, n, s in zip(c, lay.chunk, lay.shape))
+            out[sl] = chunk[tuple(slice(0, s.stop - s.start) for s in sl)]
+        return out.astype(np.dtype(lay.dtype).newbyteorder("="), copy=False)

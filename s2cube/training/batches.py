@@ -1,13 +1,15 @@
-"""Sample plans turned into stacked arrays and batches, on top of :mod:`s2cube.io.reader`.
+"""Sample plans turned into stacked arrays and batches, read by the cube's chunk reader.
 
 - preprocessing exactly as the reference loader does it (:func:`s2_post`, :func:`s1_post`,
   :func:`mask_post`), run by the reader's decoding threads on each decoded frame;
-- :class:`SampleReader`: the S2, S1 and mask frames of many (patch, slot) pairs, read into
-  stacked ``(B, T, ...)`` arrays from a :class:`BufferPool` (or a caller's allocator);
-- :class:`SampleSet`: a split's samples without pixels (index, per-sample coverage, dates,
-  plans per epoch, the reference's ``coord`` and archive paths);
+- :class:`SampleReader`: the S2, S1 and mask frames of many (patch, slot) pairs of a
+  :class:`~s2cube.training.view.CubeView`, read into stacked ``(B, T, ...)`` arrays;
+- :class:`SampleSet`: the samples of a Dataset (any selection of ROIs, slots, bands and
+  patches of an ``open_cube`` Dataset) without pixels: index, coverage, dates, plans per
+  epoch, the reference's ``coord`` and archive paths;
 - :class:`BatchMaker` and :func:`iter_batches`: seq2point or seq2seq batches of an epoch as
-  NumPy arrays (what :func:`s2cube.torch.make_loader` wraps in tensors).
+  NumPy arrays (what :func:`s2cube.torch.make_loader` wraps in tensors), each carrying its
+  provenance: ROI, patch (row, col, id) and the ``time`` labels of every frame.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import numpy as np
 
 from s2cube import schema
 from s2cube.analysis.georef import patch_bounds
-from s2cube.io.reader import ChunkReader, CubeMeta, FrameRequest, Post, load_meta
+from s2cube.errors import SelectionError
+from s2cube.io.reader import FrameRequest, Post
 from s2cube.plans import pairs
 from s2cube.plans import rules as sampling
+from s2cube.training.view import CubeView, source_of, view_of
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +59,11 @@ class S2Post:
 
 @dataclass(frozen=True)
 class S1Post:
-    """S1 dB → float32: ``default`` (clip(-25, 0) + 25)/25; ``resnet`` VV, VH to [0, 2]; NaN → 0."""
+    """S1 dB → float32: ``default`` (clip(-25, 0) + 25)/25; ``resnet`` VV to [0, 2] from
+    [-25, 0], VH from [-32.5, 0]; NaN → 0. ``polarizations``: the frame's channels, in order."""
 
     method: str = "default"
+    polarizations: tuple[str, ...] = schema.POLARIZATIONS
 
     def __call__(self, frame: np.ndarray, out: np.ndarray) -> None:
         np.copyto(out, frame, casting="unsafe")
@@ -66,7 +72,8 @@ class S1Post:
             np.subtract(out, -25, out=out)
             np.divide(out, 25, out=out)
         else:
-            for band, low in ((0, -25.0), (1, -32.5)):
+            for band, pol in enumerate(self.polarizations):
+                low = -25.0 if pol == "VV" else -32.5
                 o = out[band]
                 np.clip(o, low, 0, out=o)
                 np.subtract(o, low, out=o)
@@ -80,23 +87,9 @@ def s2_post(method: str | None) -> Post | None:
     return None if method is None else S2Post(_check_method(method))
 
 
-def s1_post(method: str | None) -> Post | None:
+def s1_post(method: str | None, polarizations: tuple[str, ...] = schema.POLARIZATIONS) -> Post | None:
     """The reference's S1 preprocessing (None: raw dB)."""
-    return None if method is None else S1Post(_check_method(method))
-
-
-#: bits of ``cloud_mask`` behind each binary detector
-MASK_BITS = {"s2cloudless_mask": schema.FLAG_S2CLOUDLESS,
-             "cloud_cloudshadow_mask": schema.FLAG_RULE_CLOUD | schema.FLAG_RULE_SHADOW}
-
-
-def mask_source(detector: str) -> str:
-    """The pixel variable a detector's mask is made from."""
-    if detector in MASK_BITS:
-        return "cloud_mask"
-    if detector == "s2cloudless_map":
-        return "cloud_prob"
-    raise ValueError(f"cloud_masks {detector!r} is not one of {', '.join(schema.DETECTORS)}")
+    return None if method is None else S1Post(_check_method(method), tuple(polarizations))
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,7 @@ class MaskPost:
     blank: bool = False
 
     def __call__(self, frame: np.ndarray, out: np.ndarray) -> None:
-        bits = MASK_BITS.get(self.detector)
+        bits = schema.MASK_BITS.get(self.detector)
         if self.blank:
             out.fill(1)
         elif bits is not None:
@@ -127,7 +120,7 @@ class MaskPost:
 
 def mask_post(detector: str, blank: bool = False) -> Post:
     """The mask post-processing of ``detector`` (see :class:`MaskPost`)."""
-    mask_source(detector)
+    schema.detector_name(detector)
     return MaskPost(detector, blank)
 
 
@@ -181,12 +174,13 @@ def _check_crop(crop: Any, patch_size: int) -> int:
 
 
 class SampleReader:
-    """Reads S2, S1 and masks of many (patch, slot) frames into stacked arrays.
+    """Reads S2, S1 and masks of many (patch, slot) frames of a Dataset into stacked arrays.
 
     Parameters
     ----------
-    meta
-        The cube's small variables (:func:`load_meta`).
+    view
+        The Dataset's frames (:func:`~s2cube.training.view.view_of`); positions given to
+        :meth:`read` are the Dataset's.
     detector
         Which mask to return (``schema.DETECTORS``), or None for no masks.
     rescale_method
@@ -195,28 +189,41 @@ class SampleReader:
     threads
         Decoding threads of this process.
     s1
-        Read S1 too.
+        Read S1 too (when the Dataset holds it).
     alloc
         ``alloc(shape, dtype) -> np.ndarray | None`` for the output arrays (e.g. views of
         tensors in shared memory); by default (or when it returns None) arrays come from a
         :class:`BufferPool`, reused once the caller has dropped every reference to them.
     """
 
-    def __init__(self, meta: CubeMeta, *, detector: str | None = "s2cloudless_mask",
+    def __init__(self, view: CubeView, *, detector: str | None = "s2cloudless_mask",
                  rescale_method: str | None = "default", threads: int = 2, s1: bool = True,
                  alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None) -> None:
-        self.meta = meta
+        from s2cube.io.reader import ChunkReader
+
+        self.view = view
         self.detector = detector
         self.rescale_method = rescale_method
-        self.s1 = s1 and "s1" in meta.layouts
+        self.s1 = s1 and "s1" in view.variables and view.polarization is not None
         self.alloc = alloc
         self.pool = BufferPool()
-        self.chunks = ChunkReader(meta.url, meta.layouts, storage_options=meta.storage_options,
-                                  threads=threads)
+        src = view.source
+        self.chunks = ChunkReader(src.url, src.layouts, roi_names=src.roi_names,
+                                  storage_options=src.loc.storage_options, threads=threads)
+        self._bands = None if np.array_equal(view.band, np.arange(len(schema.BANDS))) \
+            else _index(view.band)
+        self._pols = None
+        if self.s1 and not np.array_equal(view.polarization, np.arange(len(schema.POLARIZATIONS))):
+            self._pols = _index(view.polarization)
         self._s2_post = s2_post(rescale_method)
-        self._s1_post = s1_post(rescale_method)
+        pols = tuple(schema.POLARIZATIONS[i] for i in (view.polarization if self.s1 else ()))
+        self._s1_post = s1_post(rescale_method, pols or schema.POLARIZATIONS)
         if detector is not None:
-            self._mask_var = mask_source(detector)
+            self._mask_var = schema.mask_source(detector)
+            if self._mask_var not in view.variables:
+                raise SelectionError(f"cloud_masks={detector!r} reads {self._mask_var!r}, which "
+                                     "the Dataset does not hold; keep it in the selection or "
+                                     "pass cloud_masks=None")
             self._mask_posts = {b: mask_post(detector, blank=b) for b in (False, True)}
 
     def _empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -226,57 +233,73 @@ class SampleReader:
     def read(self, roi: np.ndarray, row: np.ndarray, col: np.ndarray, slots: np.ndarray, *,
              crop: int | None = None, offsets: np.ndarray | None = None,
              gaps: Any | None = None) -> dict[str, np.ndarray]:
-        """Frames of B samples at (B, T) ``slots``.
+        """Frames of B samples at (B, T) ``slots`` (all positions in the Dataset).
 
-        Returns ``S2`` (B, T, 13, h, w), ``S1`` (B, T, 2, h, w), ``masks`` (B, T, h, w) and,
-        with ``gaps`` (a :class:`~s2cube.plans.rules.GapPlan`), ``gap_masks`` (B, T, h, w): the
-        real masks pasted as synthetic gaps (0 where none). ``crop`` is the side of a window
-        at ``offsets`` (B, 2) = (y0, x0) inside the patch; the whole patch without it.
-        Missing and blank frames get an all-ones mask (the reference's blank rule).
+        Returns ``S2`` (B, T, bands, h, w), ``S1`` (B, T, polarizations, h, w), ``masks``
+        (B, T, h, w) and, with ``gaps`` (a :class:`~s2cube.plans.rules.GapPlan`),
+        ``gap_masks`` (B, T, h, w): the real masks pasted as synthetic gaps (0 where none).
+        ``crop`` is the side of a window at ``offsets`` (B, 2) = (y0, x0) inside the patch;
+        the whole patch without it. Missing and blank frames get an all-ones mask (the
+        reference's blank rule).
+
+        Raises
+        ------
+        ChunkError
+            A frame's chunk is damaged or missing (the message names it).
         """
-        m = self.meta
+        v = self.view
         roi, row, col = (np.asarray(a, np.int64).reshape(-1) for a in (roi, row, col))
         slots = np.asarray(slots, np.int64)
         b_n, t_n = slots.shape
-        p = m.patch_size
+        p = v.patch_size
         size = _check_crop(crop, p) if crop else p
         fdt = np.float32 if self.rescale_method else None
-        out = {"S2": self._empty((b_n, t_n, len(schema.BANDS), size, size),
-                                 fdt or np.uint16)}
+        out = {"S2": self._empty((b_n, t_n, v.band.size, size, size), fdt or np.uint16)}
         if self.s1:
-            out["S1"] = self._empty((b_n, t_n, len(schema.POLARIZATIONS), size, size), np.float32)
+            out["S1"] = self._empty((b_n, t_n, v.polarization.size, size, size), np.float32)
         if self.detector is not None:
             out["masks"] = self._empty((b_n, t_n, size, size), np.float32)
         if gaps is not None and self.detector is not None:
             out["gap_masks"] = self._empty((b_n, t_n, size, size), np.float32)
-        missing = ~m.valid_s2[roi[:, None], slots, row[:, None], col[:, None]]
-        blank = m.blank[roi[:, None], slots, row[:, None], col[:, None]] | missing
+        cells = (roi[:, None], slots, row[:, None], col[:, None])
+        has_s2 = v.valid_s2[cells]
+        has_s1 = v.valid_s1[cells]
+        blank = v.blank[cells] | ~has_s2
+        s_roi, s_row, s_col, s_slot = v.roi[roi], v.row[row], v.col[col], v.time[slots]
         reqs: list[FrameRequest] = []
         for b in range(b_n):
-            win = None
+            win = (slice(None), slice(None))
             if size != p:
-                y0, x0 = (int(v) for v in offsets[b]) if offsets is not None else (0, 0)
-                win = (y0, x0, size, size)
-            i, r, c = int(roi[b]), int(row[b]), int(col[b])
+                y0, x0 = (int(o) for o in offsets[b]) if offsets is not None else (0, 0)
+                win = (slice(y0, y0 + size), slice(x0, x0 + size))
+            i, r, c = int(s_roi[b]), int(s_row[b]), int(s_col[b])
+            s2_sel = None if (self._bands is None and size == p) else \
+                (self._bands if self._bands is not None else slice(None), *win)
             for k in range(t_n):
-                t = int(slots[b, k])
-                reqs.append(FrameRequest("s2", i, r, c, t, out["S2"][b, k], win, self._s2_post))
+                t = int(s_slot[b, k])
+                reqs.append(FrameRequest("s2", i, r, c, t, out["S2"][b, k], s2_sel, self._s2_post,
+                                         bool(has_s2[b, k])))
                 if self.s1:
-                    reqs.append(FrameRequest("s1", i, r, c, t, out["S1"][b, k], win,
-                                             self._s1_post))
+                    s1_sel = None if (self._pols is None and size == p) else \
+                        (self._pols if self._pols is not None else slice(None), *win)
+                    reqs.append(FrameRequest("s1", i, r, c, t, out["S1"][b, k], s1_sel,
+                                             self._s1_post, bool(has_s1[b, k])))
                 if self.detector is None:
                     continue
-                reqs.append(FrameRequest(self._mask_var, i, r, c, t, out["masks"][b, k], win,
-                                         self._mask_posts[bool(blank[b, k])]))
+                m_sel = None if size == p else win
+                reqs.append(FrameRequest(self._mask_var, i, r, c, t, out["masks"][b, k], m_sel,
+                                         self._mask_posts[bool(blank[b, k])], bool(has_s2[b, k])))
                 if gaps is None:
                     continue
                 gslot = int(gaps.slot[b, k])
                 if gslot < 0:
                     out["gap_masks"][b, k].fill(0)
                 else:
-                    reqs.append(FrameRequest(self._mask_var, i, int(gaps.row[b, k]),
-                                             int(gaps.col[b, k]), gslot, out["gap_masks"][b, k],
-                                             win, self._mask_posts[False]))
+                    gr, gc = int(gaps.row[b, k]), int(gaps.col[b, k])
+                    reqs.append(FrameRequest(
+                        self._mask_var, i, int(v.row[gr]), int(v.col[gc]), int(v.time[gslot]),
+                        out["gap_masks"][b, k], m_sel, self._mask_posts[False],
+                        bool(v.valid_s2[roi[b], gslot, gr, gc])))
         self.chunks.read(reqs)
         return out
 
@@ -284,11 +307,18 @@ class SampleReader:
         self.chunks.close()
 
 
-# --- a split's samples: plans per epoch, metadata, batches ----------------------------------------
+def _index(positions: np.ndarray) -> slice | np.ndarray:
+    pos = np.asarray(positions, np.int64)
+    if pos.size and (np.diff(pos) == 1).all():
+        return slice(int(pos[0]), int(pos[-1]) + 1)
+    return pos
+
+
+# --- a Dataset's samples: plans per epoch, metadata, batches ---------------------------------------
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """The reference loader's options, checked once."""
+    """The reference loader's options, checked once, when they are given."""
 
     split: str = "all"
     region: str = "all"
@@ -304,6 +334,11 @@ class SampleOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.split not in ("all", *schema.SPLITS):
+            raise ValueError(f"split {self.split!r} is not one of all, {', '.join(schema.SPLITS)}")
+        if self.region not in ("all", *schema.REGIONS):
+            raise ValueError(f"region {self.region!r} is not one of all, "
+                             f"{', '.join(schema.REGIONS)}")
         if self.cloud_masks not in schema.DETECTORS:
             raise ValueError(
                 f"cloud_masks={self.cloud_masks!r}: choose one of {', '.join(schema.DETECTORS)} "
@@ -315,28 +350,59 @@ class SampleOptions:
         if self.sampler not in sampling.SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} is not one of "
                              f"{', '.join(sampling.SAMPLERS)}")
+        if not 1 <= int(self.n_input_samples) < schema.N_SLOTS:
+            raise ValueError(f"n_input_samples={self.n_input_samples} must be between 1 and "
+                             f"{schema.N_SLOTS - 1} (a series has {schema.N_SLOTS} slots)")
+        if not 0.0 <= self.min_cov <= self.max_cov <= 1.0:
+            raise ValueError(f"min_cov={self.min_cov}, max_cov={self.max_cov}: need "
+                             "0 <= min_cov <= max_cov <= 1")
         if self.rescale_method is not None:
             _check_method(self.rescale_method)
 
 
 class SampleSet:
-    """Everything about a split's samples except pixels: cheap, picklable, no live state."""
+    """The samples of a Dataset, without pixels: cheap, picklable, no live state.
+
+    ``cube`` is a Dataset from :func:`s2cube.open_cube` (any selection of its ROIs, slots,
+    bands and whole patches) or the path or URL of a cube. ``split``/``region`` pick ROIs
+    within it; slots are the Dataset's ``time`` labels.
+
+    Raises
+    ------
+    SelectionError
+        The Dataset cannot be streamed as stored frames, or holds no sample of the split
+        and region asked for (the message names what it holds).
+    """
 
     def __init__(self, cube: Any, opts: SampleOptions, *, import_data_path: Any = None,
                  trust: bool = False, storage_options: dict | None = None,
-                 check_pair_paths: bool = True) -> None:
-        meta = cube if isinstance(cube, CubeMeta) else load_meta(
-            cube, storage_options)
-        self.meta = meta
+                 check_pair_paths: bool = True, s1: bool = True) -> None:
+        ds = source_of(cube, storage_options)
+        mask = schema.mask_source(opts.cloud_masks)
+        names = ("s2", mask) + (("s1",) if s1 and "s1" in ds.data_vars else ())
+        view = view_of(ds, variables=names)
+        self.view = view
         self.opts = opts
-        self.index = sampling.patch_index(meta.patch_id, meta.roi_names, opts.split, opts.region)
+        self.index = sampling.patch_index(view.patch_id, view.roi_names, opts.split, opts.region)
         ix = self.index
-        cov = sampling.sample_coverage(meta.coverage, ix, opts.cloud_masks)
-        blank = meta.blank[ix.roi, :, ix.row, ix.col]
+        if len(ix) == 0:
+            infos = [schema.roi_info(r) for r in view.roi_names]
+            raise SelectionError(
+                f"no sample of split={opts.split!r}, region={opts.region!r} in this Dataset "
+                f"({view.describe()}; splits {sorted({i.split for i in infos})}, regions "
+                f"{sorted({i.region for i in infos})}, {int((view.patch_id >= 0).sum())} "
+                "patches); choose a split and region it holds")
+        n_slots = view.time.size
+        if opts.sample_type == "cloudy_cloudfree" and n_slots < opts.n_input_samples + 1:
+            raise SelectionError(f"the Dataset holds {n_slots} slot(s) ({view.describe()}); "
+                                 f"n_input_samples={opts.n_input_samples} needs "
+                                 f"{opts.n_input_samples + 1}")
+        cov = sampling.sample_coverage(view.coverage, ix, opts.cloud_masks)
+        blank = view.blank[ix.roi, :, ix.row, ix.col]
         self.coverage = sampling.apply_blank_rule(cov, blank).astype(np.float32)
-        self.valid_s2 = meta.valid_s2[ix.roi, :, ix.row, ix.col]
-        self.s2_td = days(meta.s2_date[ix.roi, :, ix.row, ix.col])
-        self.s1_td = days(meta.s1_date[ix.roi, :, ix.row, ix.col])
+        self.valid_s2 = view.valid_s2[ix.roi, :, ix.row, ix.col]
+        self.s2_td = days(view.s2_date[ix.roi, :, ix.row, ix.col])
+        self.s1_td = days(view.s1_date[ix.roi, :, ix.row, ix.col])
         self.pairs = None
         if import_data_path is not None:
             path = pairs.find_pair_file(import_data_path, opts.n_input_samples, opts.split,
@@ -350,47 +416,85 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def slot_labels(self) -> np.ndarray:
+        """The ``time`` label (stored slot) of each of the Dataset's time positions."""
+        return self.view.time
+
+    def positions(self, labels: Any, what: str) -> np.ndarray:
+        """Time labels as the Dataset's positions (PlanError naming the slots it lacks)."""
+        from s2cube.errors import PlanError
+
+        where = {int(t): k for k, t in enumerate(self.view.time)}
+        lab = np.asarray(labels, np.int64)
+        missing = sorted({int(t) for t in lab.ravel() if int(t) not in where and t >= 0})
+        if missing:
+            raise PlanError(f"{what} names slot(s) {missing} that the Dataset does not hold "
+                            f"({self.view.describe()}); select those slots or use another plan")
+        return np.vectorize(lambda t: where.get(int(t), -1), otypes=[np.int64])(lab) \
+            if lab.size else lab
+
     def plan(self, epoch: int) -> sampling.SamplePlan:
-        """The plan of one epoch (the same in every process for a seed and an epoch)."""
+        """The plan of one epoch in the Dataset's time positions (the same in every process)."""
         epoch = int(epoch)
         got = self._plans.get(epoch)
         if got is not None:
             return got
         o = self.opts
-        if len(self) == 0:
-            plan = sampling.generic(0)
-        elif self.pairs is not None:
+        if self.pairs is not None:
             plan = pairs.plan_from_pairs(
                 self.pairs, len(self), epoch=epoch, sample_type=o.sample_type, sampler=o.sampler,
                 n_input_samples=o.n_input_samples, min_cov=o.min_cov, max_cov=o.max_cov,
                 stable=o.stable_sort, subset=o.subset, seed=o.seed)
+            target = plan.target
+            plan = sampling.SamplePlan(self.positions(plan.inputs, "the pair file"),
+                                       np.where(target >= 0, self.positions(
+                                           np.maximum(target, 0), "the pair file"), -1),
+                                       plan.match)
         else:
+            subset = tuple(int(v) for v in self.positions_range(o.subset))
             plan = sampling.make_plan(
                 self.coverage, sample_type=o.sample_type, sampler=o.sampler,
                 n_input_samples=o.n_input_samples, min_cov=o.min_cov, max_cov=o.max_cov,
-                stable=o.stable_sort, subset=o.subset, seed=o.seed, epoch=epoch)
+                stable=o.stable_sort, subset=subset, seed=o.seed, epoch=epoch)
         if len(self._plans) > 4:
             self._plans.clear()
         self._plans[epoch] = plan
         return plan
 
+    def positions_range(self, labels: tuple[int, int]) -> tuple[int, int]:
+        """A half-open range of slot labels as the range of the Dataset's positions inside it."""
+        inside = np.flatnonzero((self.view.time >= labels[0]) & (self.view.time < labels[1]))
+        if inside.size == 0:
+            return (0, 0)
+        return int(inside[0]), int(inside[-1]) + 1
+
     def coord(self, pdx: int) -> list[float]:
         """``[left, bottom, right, top]`` of sample ``pdx`` in its ROI's CRS (rasterio bounds)."""
-        ix, m = self.index, self.meta
-        transform = [float(v) for v in m.transform[ix.roi[pdx]]]
-        return list(patch_bounds(transform, m.patch_size, int(ix.row[pdx]), int(ix.col[pdx])))
+        ix, v = self.index, self.view
+        transform = [float(t) for t in v.transform[ix.roi[pdx]]]
+        return list(patch_bounds(transform, v.patch_size, int(v.row[ix.row[pdx]]),
+                                 int(v.col[ix.col[pdx]])))
+
+    def provenance(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """ROI names, stored patch row/col and patch ids of samples ``ids``."""
+        ix, v = self.index, self.view
+        return {"roi": np.array([v.roi_names[i] for i in ix.roi[ids]]),
+                "row": v.row[ix.row[ids]], "col": v.col[ix.col[ids]],
+                "patch_id": ix.patch_id[ids].astype(np.int64)}
 
     def path(self, pdx: int, modality: str, slot: int, root: str | None) -> str:
-        """The archive's file name of one frame (relative, or below ``root``); '' if missing."""
+        """The archive's file name of one frame (``slot``: a Dataset position); '' if missing."""
         ix = self.index
         info = schema.roi_info(ix.roi_name(pdx))
         td = (self.s1_td if modality == "s1" else self.s2_td)[pdx, slot]
         if td == NO_DATE:
             return ""
+        label = int(self.view.time[slot])
         date = str(schema.TD_EPOCH + np.timedelta64(int(td), "D"))
-        name = (f"{modality}_{info.collection}_{info.roi_id}_ImgNo_{slot}_{date}_patch_"
+        name = (f"{modality}_{info.collection}_{info.roi_id}_ImgNo_{label}_{date}_patch_"
                 f"{int(ix.patch_id[pdx])}.tif")
-        rel = f"{info.collection}/{info.roi_id}/{modality.upper()}/{slot}/{name}"
+        rel = f"{info.collection}/{info.roi_id}/{modality.upper()}/{label}/{name}"
         return os.path.join(root, rel) if root else rel
 
 
@@ -410,27 +514,30 @@ class BatchMaker:
                  alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-        p = samples.meta.patch_size
+        p = samples.view.patch_size
         if crop is not None:
             _check_crop(crop, p)
-        if window is not None and not 1 <= int(window) <= schema.N_SLOTS:
-            raise ValueError(f"window={window} must be between 1 and {schema.N_SLOTS}")
+        n_slots = samples.view.time.size
+        if window is not None and not 1 <= int(window) <= n_slots:
+            raise ValueError(f"window={window} must be between 1 and the Dataset's {n_slots} slots")
+        if not 0.0 <= float(gap_probability) <= 1.0:
+            raise ValueError(f"gap_probability={gap_probability} must be between 0 and 1")
         self.samples, self.mode = samples, mode
         self.crop = int(crop) if crop and int(crop) < p else None
         self.window = window
         self.cloudy_threshold, self.gap_probability = cloudy_threshold, gap_probability
         o = samples.opts
-        self.reader = SampleReader(samples.meta, detector=o.cloud_masks,
+        self.reader = SampleReader(samples.view, detector=o.cloud_masks,
                                    rescale_method=o.rescale_method, threads=threads, s1=s1,
                                    alloc=alloc)
         self._cache: tuple[int, dict] | None = None
 
     def draws(self, epoch: int) -> dict:
-        """The epoch's draws for the whole split (cached for the current epoch)."""
+        """The epoch's draws for the whole selection (cached for the current epoch)."""
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
         s, seed, n = self.samples, self.samples.opts.seed, len(self.samples)
-        p = s.meta.patch_size
+        p = s.view.patch_size
         drawn: dict[str, Any] = {}
         if self.crop:
             rng = np.random.default_rng([seed, epoch, 1])
@@ -438,19 +545,21 @@ class BatchMaker:
         if self.mode == "seq2point":
             drawn["plan"] = s.plan(epoch)
         else:
-            length = self.window or schema.N_SLOTS
-            rng = np.random.default_rng([seed, epoch, 2]) if length < schema.N_SLOTS else None
-            drawn["slots"] = sampling.series_windows(n, length, rng)
+            n_slots = s.view.time.size
+            length = self.window or n_slots
+            rng = np.random.default_rng([seed, epoch, 2]) if length < n_slots else None
+            drawn["slots"] = sampling.series_windows(n, length, rng, n_slots)
         self._cache = (epoch, drawn)
         return drawn
 
     def read_batch(self, ids: np.ndarray, epoch: int = 0) -> dict:
         """Samples ``ids`` of ``epoch`` as NumPy arrays.
 
-        seq2point: ``{"input": {...}, "target": {...}, "coverage bin", "pdx"}``, each part with
-        ``S2`` (B, T, 13, h, w), ``S1`` (B, T, 2, h, w), ``masks`` (B, T, h, w), ``coverage``,
-        ``S1 TD``, ``S2 TD`` and ``idx`` (B, T). seq2seq: the same keys flat for the series,
-        plus ``cloudy``, ``valid`` and (with gaps) ``gap_masks``.
+        seq2point: ``{"input": {...}, "target": {...}, "coverage bin", "pdx", "roi", "row",
+        "col", "patch_id"}``, each part with ``S2`` (B, T, bands, h, w), ``S1`` (B, T, 2, h, w),
+        ``masks`` (B, T, h, w), ``coverage``, ``S1 TD``, ``S2 TD`` and ``idx`` (B, T: the
+        frames' ``time`` labels). seq2seq: the same keys flat for the series, plus
+        ``cloudy``, ``valid`` and (with gaps) ``gap_masks``.
         """
         ids = np.asarray(ids, np.int64).reshape(-1)
         s, drawn = self.samples, self.draws(int(epoch))
@@ -467,27 +576,28 @@ class BatchMaker:
                                offsets=offsets, gaps=gaps)
         rows = ids[:, None]
         out.update({"coverage": s.coverage[rows, slots], "S1 TD": s.s1_td[rows, slots],
-                    "S2 TD": s.s2_td[rows, slots], "idx": slots})
+                    "S2 TD": s.s2_td[rows, slots], "idx": s.view.time[slots]})
+        where = {"pdx": ids, **s.provenance(ids)}
         if self.mode == "seq2seq":
             out["cloudy"] = sampling.cloudy_frames(out["coverage"], self.cloudy_threshold)
             out["valid"] = s.valid_s2[rows, slots]
-            out["pdx"] = ids
+            out.update(where)
             return out
         k = plan.inputs.shape[1]
         return {"input": {key: v[:, :k] for key, v in out.items()},
                 "target": {key: v[:, k:] for key, v in out.items()},
-                "coverage bin": plan.match[ids], "pdx": ids}
+                "coverage bin": plan.match[ids], **where}
 
     def _gaps(self, ids: np.ndarray, slots: np.ndarray, epoch: int):
         if self.gap_probability <= 0 or self.samples.opts.cloud_masks is None:
             return None
         s = self.samples
         d = schema.DETECTORS.index(s.opts.cloud_masks)
-        m = s.meta
+        v = s.view
         donors = {}
         for i in np.unique(s.index.roi[ids]):
-            cov = np.array(m.coverage[i, :, :, :, d], np.float64)
-            cov[m.blank[i] | ~m.valid_s2[i]] = np.nan  # blank or missing frames are no donors
+            cov = np.array(v.coverage[i, :, :, :, d], np.float64)
+            cov[v.blank[i] | ~v.valid_s2[i]] = np.nan  # blank or missing frames are no donors
             donors[int(i)] = cov
         sub = sampling.PatchIndex(s.index.roi[ids], s.index.row[ids], s.index.col[ids],
                                   s.index.patch_id[ids], s.index.roi_names)
@@ -506,35 +616,30 @@ def iter_batches(cube: Any, *, split: str = "train", region: str = "all",
                  max_cov: float = 1.0, rescale_method: str | None = "default",
                  batch_size: int = 8, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                  crop: int | None = None, window: int | None = None,
-                 gap_probability: float = 0.0, threads: int = 2,
+                 gap_probability: float = 0.0, threads: int = 2, s1: bool = True,
                  storage_options: dict | None = None):
     """NumPy batches of one epoch, in one process (the loader without torch).
 
-    The same batches as :func:`s2cube.torch.make_loader` (same options, one rank, one worker)
-    as dicts of NumPy arrays; see :meth:`BatchMaker.read_batch` for their keys.
+    ``cube`` is a Dataset from :func:`s2cube.open_cube` — any selection of its ROIs, slots,
+    bands and whole patches, streamed as it is — or the path or URL of a cube. The same
+    batches as :func:`s2cube.torch.make_loader` (same options, one rank, one worker) as
+    dicts of NumPy arrays; see :meth:`BatchMaker.read_batch` for their keys.
     """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
     opts = SampleOptions(split, region, cloud_masks, "cloudy_cloudfree", sampler,
                          int(n_input_samples), rescale_method, float(min_cov), float(max_cov),
                          seed=int(seed))
-    samples = SampleSet(cube, opts, storage_options=storage_options)
+    samples = SampleSet(cube, opts, storage_options=storage_options, s1=s1)
     maker = BatchMaker(samples, mode=mode, crop=crop, window=window,
-                       gap_probability=gap_probability, threads=threads)
-    n = len(samples)
+                       gap_probability=gap_probability, threads=threads, s1=s1)
+    return _batches(maker, len(samples), int(batch_size), shuffle, int(seed), int(epoch))
+
+
+def _batches(maker: BatchMaker, n: int, batch_size: int, shuffle: bool, seed: int, epoch: int):
     order = sampling.epoch_rng(seed, epoch).permutation(n) if shuffle else np.arange(n)
     try:
         for i in range(0, n, batch_size):
             yield maker.read_batch(order[i:i + batch_size], epoch)
     finally:
         maker.close()
-
-
-def dataset_batches(ds: Any, cube: Any = None, **options: Any):
-    """:func:`iter_batches` for a Dataset opened by :func:`s2cube.open_cube` (its URL is known).
-
-    The batches bypass xarray and dask: the Dataset only says where the cube is.
-    """
-    url = cube if cube is not None else ds.encoding.get("s2cube_url")
-    if url is None:
-        raise ValueError("this Dataset does not know where its cube is (open it with "
-                         "s2cube.open_cube(url)); or pass cube=URL")
-    return iter_batches(url, **options)
