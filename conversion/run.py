@@ -77,6 +77,7 @@ def convert(
     source_storage_options: dict | None = None,
     progress: Progress | None = None,
     client=None,
+    verify: bool = False,
 ) -> ConvertReport:
     """Convert the archive at ``source`` (or the selected part) into the cube at ``cube``.
 
@@ -96,6 +97,9 @@ def convert(
         ``n_workers`` (default: all cores) single-threaded worker processes.
     progress
         Called as ``progress(done, total)`` after each patch location.
+    verify
+        Check every chunk of the patch locations already in the cube (checksums, missing
+        frames) and convert again those that hold a bad chunk (``s2cube verify`` lists them).
     """
     started = time.perf_counter()
     src = parse_location(source, source_storage_options or storage_options)
@@ -119,6 +123,9 @@ def convert(
     layout, s1_dtype = begin(dst, grids, the_plan.patch_size, attrs, s1_dtype=s1_dtype)
     done = read_records(dst)
     todo = [t for t in the_plan.tasks if not _is_done(done.get(f"{t.roi}/{t.row}_{t.col}"), s1)]
+    if verify:
+        todo += _damaged(dst, [t for t in the_plan.tasks if t not in todo], client, scheduler,
+                         n_workers, threads_per_worker)
     logger.info("%d patch locations, %d already converted, %d to do",
                 len(the_plan.tasks), len(the_plan.tasks) - len(todo), len(todo))
     job = Job(uuid.uuid4().hex, src, dst, dict(the_plan.grids),
@@ -153,6 +160,26 @@ def choose_s1_dtype(src: Location, the_plan, n: int = 8) -> str:
                 logger.info("%s does not round-trip through float32: storing S1 as float64", path)
                 return "float64"
     return "float32"
+
+
+def _damaged(dst: Location, tasks: list[PatchTask], client, scheduler, n_workers,
+             threads_per_worker) -> list[PatchTask]:
+    """The patch locations among ``tasks`` that hold a bad chunk in the cube (to redo)."""
+    from s2cube.io.verify import verify_cube
+
+    if not tasks:
+        return []
+    with dask_client(client, scheduler, n_workers, threads_per_worker) as c:
+        report = verify_cube(dst.url, dst.storage_options, client=c,
+                             patches=[(t.roi, t.row, t.col) for t in tasks])
+    bad = report.patches()
+    small = [b for b in report.bad if b.row is None]
+    if small:
+        raise ConversionError(f"{dst.url}: the small variables are damaged ({small[0]}); "
+                              "convert the archive into a new cube")
+    for b in report.bad:
+        logger.warning("rewriting %s/%s_%s: %s", b.roi, b.row, b.col, b)
+    return [t for t in tasks if (t.roi, t.row, t.col) in bad]
 
 
 def _is_done(record, s1: bool) -> bool:

@@ -121,9 +121,12 @@ def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrup
               help="S1 storage dtype; auto keeps float32 only when it is exact.")
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE",
               help="fsspec storage option for both URLs (repeatable); AWS_* env vars work too.")
+@click.option("--verify", "verify_existing", is_flag=True,
+              help="Check the chunks of patch locations already in the cube and convert again "
+                   "those with bad ones.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def convert(source, cube, split, region, rois, no_s1, scheduler, workers, threads_per_worker,
-            cloud_method, s1_dtype, storage, progress) -> None:
+            cloud_method, s1_dtype, storage, verify_existing, progress) -> None:
     """Convert the GeoTIFF archive at SOURCE into the cube at CUBE (resumable, incremental)."""
     from tqdm import tqdm
 
@@ -141,7 +144,8 @@ def convert(source, cube, split, region, rois, no_s1, scheduler, workers, thread
     try:
         report = run(source, cube, selection=Selection(split, region, tuple(rois)), s1=not no_s1,
                      cloud_method=cloud_method, s1_dtype=s1_dtype, scheduler=scheduler, n_workers=workers,
-                     threads_per_worker=threads_per_worker, storage_options=options, progress=tick)
+                     threads_per_worker=threads_per_worker, storage_options=options, progress=tick,
+                     verify=verify_existing)
     except S2CubeError as exc:
         bar.close()
         _fail(exc, options)
@@ -168,22 +172,26 @@ def convert(source, cube, split, region, rois, no_s1, scheduler, workers, thread
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE")
 def info(cube, storage) -> None:
     """What CUBE holds, per split and region, with sizes and cloudiness."""
-    import xarray as xr
-
     from s2cube.analysis.summary import summarize
-    from s2cube.io.storage import filesystem, parse_location, zarr_store
+    from s2cube.io.open import open_cube
+    from s2cube.io.storage import filesystem, parse_location
 
     options = _options(storage)
     loc = parse_location(cube, options)
     try:
-        ds = xr.open_zarr(zarr_store(loc, read_only=True), consolidated=None)
+        ds = open_cube(cube, storage_options=options, allow_incomplete=True)
         stored = int(filesystem(loc).du(loc.path))
+    except S2CubeError as exc:
+        _fail(exc, options)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         _fail(S2CubeError(f"{cube} cannot be opened as a cube ({exc}); check the path"), options)
     if "coverage" not in ds:
         _fail(S2CubeError(f"{cube} is not a finished s2cube cube (no coverage variable); "
                           "run the conversion again to finish it"), options)
-    s = summarize(ds, stored_bytes=stored)
+    try:
+        s = summarize(ds, stored_bytes=stored)
+    except S2CubeError as exc:
+        _fail(exc, options)
     click.echo(f"{loc.url}  state={s.state}  patch={s.patch_size}px  rois={ds.sizes['roi']}  "
                f"stored={stored / 1e6:.1f} MB")
     click.echo(s.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -225,6 +233,53 @@ def validate(source, cube, rois, scheduler, workers, storage) -> None:
     click.echo(f"{report.files} files checked, {len(report.differences)} difference(s)")
     for d in report.differences:
         click.echo(f"  - {d}")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("cube")
+@click.option("--decode", is_flag=True, help="Also decompress every chunk (slower; the "
+              "checksums already catch any changed byte).")
+@click.option("--scheduler", help="Address of an existing dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, help="Local workers (default: one per core).")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def verify(cube, decode, scheduler, workers, storage, progress) -> None:
+    """Check every chunk of CUBE against its checksums; exit 1 and list the bad ones.
+
+    No source archive is needed. `s2cube convert ARCHIVE CUBE --verify` rewrites the patch
+    locations that hold bad chunks.
+    """
+    from tqdm import tqdm
+
+    from s2cube.io.verify import verify_cube
+
+    options = _options(storage)
+    bar = tqdm(total=0, unit="patch", disable=not progress, dynamic_ncols=True)
+
+    def tick(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        if scheduler or workers:
+            from s2cube_conversion.run import dask_client
+
+            with dask_client(None, scheduler, workers, 1) as client:
+                report = verify_cube(cube, options, client=client, decode=decode, progress=tick)
+        else:
+            report = verify_cube(cube, options, decode=decode, progress=tick)
+    except S2CubeError as exc:
+        bar.close()
+        _fail(exc, options)
+    bar.close()
+    click.echo(f"{report.url}: {report.chunks} chunks of {report.shards} patch locations "
+               f"checked, {len(report.bad)} bad")
+    for b in report.bad:
+        click.echo(f"  - {b}")
+    if report.bad:
+        click.echo("convert the archive again with --verify to rewrite the patch locations "
+                   "that hold them: s2cube convert ARCHIVE CUBE --verify", err=True)
     sys.exit(0 if report.ok else 1)
 
 

@@ -54,6 +54,9 @@ class ChunkError(S2CubeError):
         self.variable, self.roi, self.slot = variable, roi, slot
         self.row, self.col, self.key, self.reason = row, col, key, reason
 
+    def __reduce__(self):  # keep the attributes across processes (dask, DataLoader workers)
+        return (type(self), (self.args[0],), dict(self.__dict__))
+
 
 class SelectionError(S2CubeError, ValueError):
     """A verb cannot honour the Dataset it was called on (empty, cropped, computed, ...)."""

@@ -1,8 +1,9 @@
-"""The fast chunk reader returns exactly what zarr returns, reading only the frames asked for.
+"""The chunk reader returns exactly what zarr returns, reading only the frames asked for.
 
 ``write_cube`` builds a small cube in the decided layout (sharded pixel arrays with inner
-chunk (1, 1, C, P, P) and shard (1, 30, C, P, P), small variables in one chunk, consolidated,
-``s2cube_state = complete``) with known values: ties, blank frames and missing frames.
+chunk (1, 1, C, P, P) and shard (1, 30, C, P, P), crc32c on every chunk, small variables in
+one chunk, consolidated, ``s2cube_state = complete``) with known values: ties, blank frames
+and missing frames.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def write_cube(path: Path, *, rois=("ROIs1868_73", "ROIs2017_8"), grid=(2, 3), p
     (roi, row, col) grid positions without a patch."""
     import xarray as xr
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
     rng = np.random.default_rng(seed)
     n_roi, (rows, cols), p = len(rois), grid, patch
@@ -116,10 +117,16 @@ def write_cube(path: Path, *, rois=("ROIs1868_73", "ROIs2017_8"), grid=(2, 3), p
             "region": ("roi", np.array([i.region for i in infos], dtype=object)),
         },
         attrs={"title": schema.TITLE, "schema_version": schema.SCHEMA_VERSION,
-               "patch_size": p, schema.ATTR_STATE: schema.STATE_COMPLETE},
+               "patch_size": p, schema.ATTR_STATE: schema.STATE_COMPLETE,
+               "cloud_detection": {"method": "test"},
+               "grids": [{"roi": r, "epsg": 32650 + i, "crs_wkt": "", "transform": list(t),
+                          "n_rows": rows, "n_cols": cols}
+                         for i, (r, t) in enumerate(zip(rois, transform))]},
     )
-    enc = {k: {"units": "days since 2014-04-03", "dtype": "int32",
-               "_FillValue": np.int32(np.iinfo(np.int32).min)} for k in ("s2_date", "s1_date")}
+    enc = {k: {"compressors": (ZstdCodec(), Crc32cCodec())} for k in ds.variables}
+    for k in ("s2_date", "s1_date"):
+        enc[k].update({"units": schema.DATE_UNITS, "dtype": "int32",
+                       "_FillValue": np.int32(schema.DATE_FILL)})
     ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=enc)
     data = {"s2": s2, "s1": s1, "cloud_prob": prob, "cloud_mask": flags}
     for var, arr in data.items():
@@ -127,17 +134,20 @@ def write_cube(path: Path, *, rois=("ROIs1868_73", "ROIs2017_8"), grid=(2, 3), p
         a = zarr.create_array(
             str(path), name=var, shape=arr.shape, dtype=spec.dtype, dimension_names=spec.dims,
             chunks=schema.inner_chunks(var, sizes, p), shards=schema.shard_shape(var, sizes, p),
-            fill_value=spec.fill,
+            fill_value=spec.fill, config={"write_empty_chunks": True},
             compressors=(BloscCodec(cname="zstd", clevel=1,
-                                    shuffle="shuffle" if var == "s1" else "bitshuffle"),))
+                                    shuffle="shuffle" if var == "s1" else "bitshuffle"),
+                         Crc32cCodec()))
         for i in range(n_roi):
             for r in range(rows):
                 for c in range(cols):
                     if pid[i, r, c] < 0:
                         continue
                     ys, xs = slice(r * p, (r + 1) * p), slice(c * p, (c + 1) * p)
-                    # one shard write; missing frames hold the fill value: absent chunks
-                    a[(i, slice(None), ..., ys, xs)] = arr[i][..., ys, xs]
+                    # one shard write per patch; missing frames are never written
+                    for t in range(T):
+                        if valid[i, t, r, c]:
+                            a[(i, t, ..., ys, xs)] = arr[i, t][..., ys, xs]
     zarr.consolidate_metadata(str(path))
     return path
 
@@ -158,8 +168,14 @@ def cube(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def meta(cube):
-    return reader.load_meta(cube)
+def source(cube):
+    from s2cube.io.backend import open_source
+
+    return open_source(cube)[0]
+
+
+def _reader(cube, source, **kw):
+    return reader.ChunkReader(str(cube), source.layouts, roi_names=source.roi_names, **kw)
 
 
 def _zarr(cube, var):
@@ -168,55 +184,51 @@ def _zarr(cube, var):
     return zarr.open_array(str(cube / var), mode="r")
 
 
-def test_meta_reads_small_variables_and_layouts(cube, meta):
-    assert meta.roi_names == ("ROIs1868_73", "ROIs2017_8")
-    assert meta.patch_size == 16 and meta.coverage.dtype == np.float32
-    assert meta.s2_date[0, 3, 0, 0] == np.datetime64("2018-02-10")
-    assert np.isnat(meta.s2_date[0, 4, 0, 1])
-    lay = meta.layouts["s2"]
+def test_source_has_layouts_and_small_variables(cube, source):
+    assert source.roi_names == ("ROIs1868_73", "ROIs2017_8")
+    assert source.patch_size == 16 and source.small("coverage").dtype == np.float32
+    dates = source.small("s2_date")
+    assert dates[0, 3, 0, 0] == np.datetime64("2018-02-10")
+    assert np.isnat(dates[0, 4, 0, 1])
+    lay = source.layouts["s2"]
     assert lay.chunk == (1, 1, 13, 16, 16) and lay.shard == (1, 30, 13, 16, 16)
+    assert lay.checksum and lay.index_crc
     assert lay.object_key(1, 1, 2, 7) == "c/1/0/0/1/2"
 
 
-def test_frames_equal_zarr_reads_including_missing_frames_and_crops(cube, meta):
-    rd = reader.ChunkReader(str(cube), meta.layouts, threads=2)
+def test_frames_equal_zarr_reads_including_missing_frames_and_crops(cube, source):
+    rd = _reader(cube, source, threads=2)
     frames = [(0, 0, 1, t) for t in (0, 3, 4, 29)] + [(1, 1, 0, 2), (1, 1, 2, 5)]  # missing, hole
     for var in schema.PIXEL_VARIABLES:
         z = _zarr(cube, var)
-        lay = meta.layouts[var]
+        lay = source.layouts[var]
         outs = [np.empty(lay.frame_shape, lay.dtype) for _ in frames]
         rd.read([reader.FrameRequest(var, i, r, c, t, o) for (i, r, c, t), o in zip(frames, outs)])
         for (i, r, c, t), o in zip(frames, outs):
             want = z[(i, t, ..., slice(r * 16, r * 16 + 16), slice(c * 16, c * 16 + 16))]
             np.testing.assert_array_equal(o, want)
-    crop = np.empty((13, 5, 7), np.uint16)
-    rd.read([reader.FrameRequest("s2", 0, 1, 2, 9, crop, crop=(3, 8, 5, 7))])
-    np.testing.assert_array_equal(crop, _zarr(cube, "s2")[0, 9, :, 19:24, 40:47])
+    crop = np.empty((3, 5, 7), np.uint16)
+    rd.read([reader.FrameRequest("s2", 0, 1, 2, 9, crop, select=([3, 2, 1], slice(3, 8),
+                                                                   slice(8, 15)))])
+    np.testing.assert_array_equal(crop, _zarr(cube, "s2")[0, 9, [3, 2, 1], 19:24, 40:47])
 
 
-def test_shard_index_is_read_once_per_patch_and_only_needed_chunks_are_read(cube, meta,
-                                                                            monkeypatch):
-    rd = reader.ChunkReader(str(cube), meta.layouts, threads=1)
-    calls = []
-    backend = rd._live()["backend"]
-    real, real_into = backend.read, backend.read_into
-    monkeypatch.setattr(backend, "read", lambda *a: calls.append(a) or real(*a))
-    monkeypatch.setattr(backend, "read_into", lambda *a: calls.append(a[:3]) or real_into(*a))
+def test_shard_index_is_read_once_per_patch_and_only_needed_chunks_are_read(cube, source):
+    rd = _reader(cube, source, threads=1)
     out = np.empty((4, 13, 16, 16), np.uint16)
-    rd.read([reader.FrameRequest("s2", 0, 0, 0, t, out[k]) for k, t in enumerate((1, 5, 6, 9))])
-    rd.read([reader.FrameRequest("s2", 0, 0, 0, t, out[k]) for k, t in enumerate((2, 3))])
-    index_reads = [c for c in calls if c[1] < 0]
-    assert len(index_reads) == 1  # one shard, index cached
-    chunk_reads = [c for c in calls if c[1] >= 0]
-    assert len(chunk_reads) == 6
+    with reader.counting() as stats:
+        rd.read([reader.FrameRequest("s2", 0, 0, 0, t, out[k]) for k, t in enumerate((1, 5, 6, 9))])
+        rd.read([reader.FrameRequest("s2", 0, 0, 0, t, out[k]) for k, t in enumerate((2, 3))])
+    assert stats.requests == 1 + 6  # one shard index (cached), then one read per chunk
+    assert stats.chunks == 6
     size = os.path.getsize(cube / "s2" / "c/0/0/0/0/0")
-    assert sum(c[2] - c[1] for c in chunk_reads) < size / 4  # 6 of 30 chunks, not the shard
+    assert stats.bytes < size / 4  # 6 of 30 chunks, not the shard
 
 
-def test_reader_pickles_without_live_state_and_reopens_per_process(cube, meta):
+def test_reader_pickles_without_live_state_and_reopens_per_process(cube, source):
     import pickle
 
-    rd = reader.ChunkReader(str(cube), meta.layouts, threads=2)
+    rd = _reader(cube, source, threads=2)
     out = np.empty((13, 16, 16), np.uint16)
     rd.read([reader.FrameRequest("s2", 0, 0, 0, 0, out)])
     clone = pickle.loads(pickle.dumps(rd))
@@ -231,7 +243,7 @@ def test_reader_pickles_without_live_state_and_reopens_per_process(cube, meta):
     clone.close()
 
 
-def test_fsspec_backend_reads_the_same_bytes(cube, meta):
+def test_fsspec_backend_reads_the_same_bytes(cube, source):
     """The object-store path (one concurrent cat_ranges call) on fsspec's memory filesystem."""
     import fsspec
 
@@ -240,7 +252,7 @@ def test_fsspec_backend_reads_the_same_bytes(cube, meta):
         for f in files:
             local = os.path.join(root, f)
             fs.pipe_file("/c1/" + os.path.relpath(local, cube), Path(local).read_bytes())
-    rd = reader.ChunkReader("memory://c1", meta.layouts, threads=2)
+    rd = reader.ChunkReader("memory://c1", source.layouts, threads=2)
     a = np.empty((3, 2, 16, 16), np.float32)
     rd.read([reader.FrameRequest("s1", 1, 0, 1, t, a[k]) for k, t in enumerate((0, 1, 2))])
     np.testing.assert_array_equal(a, _zarr(cube, "s1")[1, 0:3, :, 0:16, 16:32])
@@ -250,6 +262,7 @@ def test_incomplete_or_foreign_cubes_are_refused(tmp_path, cube):
     import shutil
 
     from s2cube.errors import IncompleteCubeError, NotACubeError
+    from s2cube.io.backend import open_source
 
     copy = tmp_path / "half.zarr"
     shutil.copytree(cube, copy)
@@ -257,10 +270,12 @@ def test_incomplete_or_foreign_cubes_are_refused(tmp_path, cube):
     meta["attributes"][schema.ATTR_STATE] = schema.STATE_WRITING
     meta["consolidated_metadata"] = None
     (copy / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(IncompleteCubeError, match="not complete"):
-        reader.load_meta(copy)
+    with pytest.raises(IncompleteCubeError, match="not a complete cube"):
+        open_source(copy)
+    assert open_source(copy, allow_incomplete=True)[0].layouts.keys() == \
+        open_source(cube)[0].layouts.keys()
     with pytest.raises(NotACubeError):
-        reader.load_meta(tmp_path / "nothing")
+        open_source(tmp_path / "nothing")
 
 
 @pytest.fixture(scope="module")
@@ -282,18 +297,21 @@ def s3_cube(cube):
 
 
 @pytest.mark.parametrize("backend", ["obstore", "fsspec"])
-def test_object_store_reads_equal_local_reads(cube, meta, s3_cube, backend, monkeypatch):
+def test_object_store_reads_equal_local_reads(cube, source, s3_cube, backend, monkeypatch):
+    from s2cube.io.backend import open_source
+
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)
     url, options = s3_cube
-    remote = reader.load_meta(url, options)
-    assert np.array_equal(remote.coverage, meta.coverage, equal_nan=True)
+    remote = open_source(url, options)[0]
+    assert np.array_equal(remote.small("coverage"), source.small("coverage"), equal_nan=True)
+    meta = source
     frames = [(0, 0, 1, t) for t in (0, 4, 5, 6)] + [(1, 1, 2, 3)]  # missing frame, hole
     for var in ("s2", "s1", "cloud_mask"):
         lay = meta.layouts[var]
         want = [np.empty(lay.frame_shape, lay.dtype) for _ in frames]
         got = [np.empty(lay.frame_shape, lay.dtype) for _ in frames]
-        local = reader.ChunkReader(str(cube), meta.layouts)
+        local = _reader(cube, source)
         local.read([reader.FrameRequest(var, *f, o) for f, o in zip(frames, want)])
         rd = reader.ChunkReader(url, remote.layouts, storage_options=options, backend=backend)
         rd.read([reader.FrameRequest(var, *f, o) for f, o in zip(frames, got)])

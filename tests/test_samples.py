@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from test_reader import shared_cube
 
-from s2cube.io import reader
+import s2cube
+from s2cube.errors import SelectionError
 from s2cube.plans import rules as sampling
 from s2cube.training import batches as samples
 
@@ -23,8 +24,8 @@ def cube(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def meta(cube):
-    return reader.load_meta(cube)
+def ds(cube):
+    return s2cube.open_cube(cube)
 
 
 def test_preprocessing_matches_the_reference_formulas():
@@ -62,16 +63,16 @@ def test_masks_from_bit_flags_and_blank_rule():
     assert (out == 1).all() and out.dtype == np.float32
 
 
-def test_iter_batches_yields_numpy_batches_of_the_reference_plan(cube, meta):
+def test_iter_batches_yields_numpy_batches_of_the_reference_plan(cube, ds):
     """The torch-free batched path (what ``ds.s2cube.batches`` delegates to)."""
     import zarr
 
     got = list(samples.iter_batches(str(cube), split="all", sampler="fixed", batch_size=4,
                                     shuffle=False, rescale_method=None, threads=2))
     assert [len(b["pdx"]) for b in got] == [4, 4, 3]
-    index = sampling.patch_index(meta.patch_id, meta.roi_names)
-    cov = sampling.sample_coverage(meta.coverage, index, 0)
-    cov = np.where(meta.blank[index.roi, :, index.row, index.col], np.float32(1), cov)
+    index = sampling.patch_index(ds.patch_id.values, list(ds.roi.values))
+    cov = sampling.sample_coverage(ds.coverage.values, index, 0)
+    cov = np.where(ds.blank.values[index.roi, :, index.row, index.col], np.float32(1), cov)
     plan = sampling.fixed(cov, 3)
     b = got[1]
     s2 = zarr.open_array(str(cube / "s2"), mode="r")
@@ -82,37 +83,35 @@ def test_iter_batches_yields_numpy_batches_of_the_reference_plan(cube, meta):
         i, r, c, t = index.roi[pdx], index.row[pdx], index.col[pdx], plan.target[pdx]
         want = s2[i, t, :, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16]
         np.testing.assert_array_equal(b["target"]["S2"][j, 0], want)
+        assert b["roi"][j] == ds.roi.values[i] and (b["row"][j], b["col"][j]) == (r, c)
+        assert b["patch_id"][j] == ds.patch_id.values[i, r, c]
 
 
-def test_crops_outside_the_patch_are_refused_with_the_patch_size(meta):
-    split = samples.SampleSet(meta, samples.SampleOptions())
+def test_crops_outside_the_patch_are_refused_with_the_patch_size(ds):
+    split = samples.SampleSet(ds, samples.SampleOptions())
     for crop in (0, 17):
         with pytest.raises(ValueError, match=f"crop={crop} must be between 1 and the patch size 16"):
             samples.BatchMaker(split, crop=crop)
-    rd = samples.SampleReader(meta, threads=1)
+    rd = samples.SampleReader(split.view, threads=1)
     with pytest.raises(ValueError, match="crop=17 must be between 1 and the patch size 16"):
         rd.read([0], [0], [0], np.zeros((1, 1), np.int64), crop=17)
     rd.close()
 
 
 def test_accessor_batches_stream_from_the_cube_it_was_opened_from(small_cube):
-    import s2cube
-
     ds = s2cube.open_cube(small_cube)
     batch = next(iter(ds.s2cube.batches(split="all", batch_size=2, sampler="fixed",
                                         shuffle=False)))
-    direct = next(iter(samples.iter_batches(str(small_cube), split="all", batch_size=2, sampler="fixed",
-                                    shuffle=False)))
-    assert batch.keys() == direct.keys()
+    by_url = next(iter(samples.iter_batches(str(small_cube), split="all", batch_size=2,
+                                            sampler="fixed", shuffle=False)))
+    assert batch.keys() == by_url.keys()
     for key in batch:
         if isinstance(batch[key], np.ndarray):
-            np.testing.assert_array_equal(batch[key], direct[key])
+            np.testing.assert_array_equal(batch[key], by_url[key])
 
 
-def test_accessor_batches_needs_to_know_the_cube(small_cube):
+def test_batches_refuse_a_dataset_that_does_not_say_where_its_frames_are(small_cube):
     import xarray as xr
 
-    import s2cube  # noqa: F401  (registers the accessor)
-
-    with pytest.raises(ValueError, match="open_cube"):
-        xr.open_zarr(small_cube).s2cube.batches()
+    with pytest.raises(SelectionError, match="not the variable stored in a cube"):
+        next(iter(xr.open_zarr(small_cube).s2cube.batches()))

@@ -14,7 +14,6 @@ from test_reader import shared_cube  # noqa: E402
 
 from s2cube import schema  # noqa: E402
 from s2cube import torch as s2torch  # noqa: E402
-from s2cube.io import reader  # noqa: E402
 from s2cube.plans import rules as sampling  # noqa: E402
 
 REF_KEYS = {"S1", "S2", "masks", "coverage", "S1 TD", "S2 TD", "S1 path", "S2 path", "coord"}
@@ -38,7 +37,7 @@ def _frame(raw, var, i, t, r, c, p=16):
 
 def test_dropin_seq2point_dict_matches_the_reference_definition(cube, raw):
     ds = s2torch.SEN12MSCRTS(str(cube), split="all", n_input_samples=3)
-    meta = ds.samples.meta
+    meta = ds.samples.view
     plan = sampling.fixed(ds.samples.coverage, 3)
     assert len(ds) == 11  # 6 + 5 patches (one hole), ROIs1868_73 first (reference order)
     for pdx in range(len(ds)):
@@ -290,7 +289,7 @@ def test_seq2seq_windows_labels_and_synthetic_gaps_from_the_same_roi(cube, raw):
     assert (np.diff(idx, axis=1) == 1).all() and len(set(idx[:, 0])) > 1
     assert torch.equal(b["cloudy"], b["coverage"] >= 0.4) or not b["valid"].all()
     ds = loader.stream.samples
-    meta = ds.meta
+    meta = ds.view
     gaps = b["gap_masks"].numpy()
     has_gap = gaps.reshape(11, 12, -1).any(axis=2)
     assert has_gap.any() and not (has_gap & b["cloudy"].numpy()).any()
@@ -337,5 +336,4 @@ def test_reader_reads_a_converted_cube_as_the_archive_geotiffs(converted):
         np.testing.assert_array_equal(s["S2"][t], np.nan_to_num(np.clip(s2, 0, 10000) / 10000))
         np.testing.assert_array_equal(s["S1"][t], np.nan_to_num((np.clip(s1, -25, 0) + 25) / 25))
         assert s["coord"][t] == bounds
-    meta = reader.load_meta(small_cube)
-    assert ds.samples.coverage.shape == (len(ds), 30) and meta.patch_size == 32
+    assert ds.samples.coverage.shape == (len(ds), 30) and ds.samples.view.patch_size == 32

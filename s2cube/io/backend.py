@@ -173,7 +173,7 @@ def open_source(url: str | os.PathLike, storage_options: dict | None = None, *,
         attrs = None if root is None else dict(root.get("attributes") or {})
         schema.check_cube_attrs(attrs, where, allow_incomplete=allow_incomplete)
         arrays = _array_metadata(loc, root)
-    except OSError as exc:
+    except Exception as exc:  # an object store's refusal, whatever library raised it
         err = None if loc.is_local else storage_error(exc, loc, action="read")
         if err is None:
             raise
@@ -340,6 +340,11 @@ def _coords(sizes: dict[str, int], grids: list[dict]) -> dict[str, Any]:
         "n_cols": ("roi", np.array([g["n_cols"] for g in grids], np.int32)),
     })
     return {k: v for k, v in out.items() if v[0] == ("roi", "affine") or v[0] in sizes}
+
+
+def coordinates(sizes: dict[str, int], attrs: dict) -> dict[str, Any]:
+    """Every coordinate of a cube with these dim ``sizes`` and root ``attrs`` (no I/O)."""
+    return _coords(dict(sizes), attrs.get("grids") or [])
 
 
 def _variable(source: CubeSource, name: str) -> xr.Variable:

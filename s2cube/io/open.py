@@ -63,7 +63,7 @@ def open_cube(
     StorageError
         The object store refused: credentials, bucket, permissions.
     """
-    from s2cube.io.backend import S2CubeBackend
+    from s2cube.io.backend import S2CubeBackend, coordinates
 
     if isinstance(chunks, str):
         if chunks not in CHUNK_CHOICES:
@@ -74,9 +74,11 @@ def open_cube(
         raise ValueError(f"chunks={chunks!r}: use 'series', 'frame', None or a dict of dim sizes")
     ds = xr.open_dataset(os.fspath(url), engine=S2CubeBackend, chunks=chunks,
                          storage_options=storage_options, allow_incomplete=allow_incomplete)
-    # the coordinates are built in memory from the root metadata: keep them NumPy
-    plain = [k for k in ds.coords if k not in ds.indexes and ds[k].chunks is not None]
-    ds = ds.assign_coords({k: ds[k].variable.load() for k in plain})
+    # xarray chunked the coordinates too; they come from the root metadata: keep them NumPy
+    chunked = {k for k in ds.coords if ds[k].chunks is not None}
+    if chunked:
+        ds = ds.assign_coords({k: v for k, v in coordinates(ds.sizes, ds.attrs).items()
+                               if k in chunked})
     state = ds.attrs.get(schema.ATTR_STATE)
     if state != schema.STATE_COMPLETE:
         logger.warning("opened %s although its s2cube_state is %r", ds.encoding.get("source"), state)

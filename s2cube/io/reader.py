@@ -419,7 +419,8 @@ def crc32c(data) -> int:
     return google_crc32c.value(np.frombuffer(data, dtype=np.uint8))
 
 
-def _crc_ok(data: memoryview) -> bool:
+def crc_ok(data: memoryview) -> bool:
+    """Whether the last 4 bytes of ``data`` are the crc32c (little-endian) of the rest."""
     return crc32c(data[:-4]) == int.from_bytes(data[-4:], "little")
 
 
@@ -431,7 +432,7 @@ def decode_chunk(layout: ArrayLayout, buf, out: np.ndarray) -> str | None:
     """
     data = memoryview(buf).cast("B")
     if layout.checksum:
-        if len(data) < 4 or not _crc_ok(data):
+        if len(data) < 4 or not crc_ok(data):
             return "checksum"
         data = data[:-4]
     steps = layout.compressors
@@ -605,14 +606,20 @@ class ChunkReader:
                      if isinstance(backend, _LocalBackend) else [None] * len(todo))
             out = {}
             for (var, key), raw, size in zip(todo, backend.read_many(reqs), sizes):
-                parsed = self._parse_index(var, raw, size)
+                parsed = self.parse_index(var, raw, size)
                 out[(var, key)] = parsed
                 if not isinstance(parsed, str):
                     cache[(var, key)] = parsed
             return {k: cache[k] if k in cache else out[k] for k in keys}
         return {k: cache[k] for k in keys}
 
-    def _parse_index(self, var: str, raw: bytes | None, size: int | None) -> np.ndarray | str | None:
+    def read_object(self, key: str) -> bytes | None:
+        """A whole stored object (a shard, a chunk) by its key below the cube; None if absent."""
+        (data,) = self._live()["backend"].read_many([(key, 0, None)])
+        return data
+
+    def parse_index(self, var: str, raw: bytes | None, size: int | None) -> np.ndarray | str | None:
+        """A shard index from its bytes: ``(n, 2)`` offsets and sizes, None, or what is wrong."""
         if raw is None:
             return None
         lay = self.layouts[var]
@@ -620,7 +627,7 @@ class ChunkReader:
         if len(raw) < lay.index_nbytes:
             return f"the shard holds {len(raw)} bytes, less than its index"
         view = memoryview(raw)
-        if lay.index_crc and not _crc_ok(view[:lay.index_nbytes]):
+        if lay.index_crc and not crc_ok(view[:lay.index_nbytes]):
             return "the shard index fails its crc32c checksum (a truncated or overwritten shard)"
         index = np.frombuffer(view[:n], dtype="<u8").reshape(-1, 2).copy()
         present = index[:, 0] != MAX_UINT_64
