@@ -15,9 +15,10 @@ from functools import lru_cache
 import numpy as np
 
 from s2cube import schema
+from s2cube.grid import RoiGrid
 from s2cube.io.storage import Location, filesystem, zarr_store
 from s2cube_conversion.discover import Problem
-from s2cube_conversion.plan import PatchTask, RoiGrid
+from s2cube_conversion.plan import PatchTask, patch_georef
 from s2cube_conversion.read import read_patch
 from s2cube_conversion.write import PatchRecord, write_record
 
@@ -59,7 +60,7 @@ def _arrays(run_id: str, cube: Location, threads: int) -> dict:
 def convert_patch(job: Job, task: PatchTask) -> PatchRecord:
     """Convert one patch location and return its journal record (already written)."""
     grid = job.grids[task.roi]
-    expected = grid.patch_georef(task.row, task.col)
+    expected = patch_georef(grid, task.row, task.col)
     p = grid.patch_size
     problems: list[Problem] = []
     s2 = np.zeros((schema.N_SLOTS, len(schema.BANDS), p, p), np.uint16)

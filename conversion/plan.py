@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from s2cube import schema
 from s2cube.errors import ArchiveError
+from s2cube.grid import RoiGrid
 from s2cube.io.storage import Location, filesystem
 from s2cube_conversion.discover import Inventory, Problem, SourceFile
 from s2cube_conversion.read import Georef, read_header
@@ -22,23 +23,10 @@ from s2cube_conversion.read import Georef, read_header
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RoiGrid:
-    """An ROI's patch grid: CRS, the affine of pixel (0, 0) and its size in patches."""
-
-    roi: str
-    crs_wkt: str
-    epsg: int | None
-    transform: tuple[float, float, float, float, float, float]
-    n_rows: int
-    n_cols: int
-    patch_size: int
-
-    def patch_georef(self, row: int, col: int) -> Georef:
-        """The georeference a patch at (row, col) must have."""
-        a, b, c, d, e, f = self.transform
-        p = self.patch_size
-        return Georef(self.crs_wkt, self.epsg, (a, b, c + col * p * a, d, e, f + row * p * e), p, p)
+def patch_georef(grid: RoiGrid, row: int, col: int) -> Georef:
+    """The georeference the GeoTIFFs of the patch at (row, col) of ``grid`` must have."""
+    p = grid.patch_size
+    return Georef(grid.crs_wkt, grid.epsg, grid.patch_transform(row, col), p, p)
 
 
 @dataclass(frozen=True)

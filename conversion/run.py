@@ -22,8 +22,8 @@ from s2cube.errors import ConversionError
 from s2cube.io.storage import Location, check_access, parse_location, redact
 from s2cube_conversion.discover import Problem, discover
 from s2cube_conversion.patch import Job, convert_patch
-from s2cube_conversion.plan import PatchTask, plan
-from s2cube_conversion.write import GridRecord, begin, check_target, finalize, read_records
+from s2cube_conversion.plan import PatchTask, patch_georef, plan
+from s2cube_conversion.write import begin, check_target, finalize, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ def convert(
     detector = _detector(clouds, cloud_method, threads_per_worker)
     attrs = _attrs(inventory, selection, s1, detector)
     attrs["created"] = existing.get("created", attrs["updated"])  # the first run's time stays
-    grids = [GridRecord(g.roi, g.epsg, g.crs_wkt, g.transform, g.n_rows, g.n_cols)
-             for g in the_plan.grids.values()]
+    grids = list(the_plan.grids.values())
     if s1_dtype not in ("auto", "float32", "float64"):
         raise ValueError(f"s1_dtype {s1_dtype!r} is not one of auto, float32, float64")
     if s1_dtype == "auto":
@@ -154,7 +153,7 @@ def choose_s1_dtype(src: Location, the_plan, n: int = 8) -> str:
     for task in tasks:
         grid = the_plan.grids[task.roi]
         for path in [p for p in task.s1 if p][:1]:
-            arr = read_patch(src, path, "s1", grid.patch_georef(task.row, task.col))
+            arr = read_patch(src, path, "s1", patch_georef(grid, task.row, task.col))
             if isinstance(arr, np.ndarray) and not np.array_equal(
                     arr.astype(np.float32).astype(np.float64), arr, equal_nan=True):
                 logger.info("%s does not round-trip through float32: storing S1 as float64", path)

@@ -13,9 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from s2cube.grid import RoiGrid
 from s2cube.io.storage import Location, parse_location, zarr_store
 from s2cube_conversion.discover import Problem, discover
-from s2cube_conversion.plan import PatchTask, RoiGrid, plan
+from s2cube_conversion.plan import PatchTask, patch_georef, plan
 from s2cube_conversion.read import read_patch
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def _check_patch(check: _Check, task: PatchTask) -> list[Problem]:
                            f"{task.row}, col {task.col} is {int(cell['patch_id'])}, not {task.pid}"))
         return out
     ys, xs = slice(task.row * p, (task.row + 1) * p), slice(task.col * p, (task.col + 1) * p)
-    expected = grid.patch_georef(task.row, task.col)
+    expected = patch_georef(grid, task.row, task.col)
     for mod, paths, dates in (("s2", task.s2, task.s2_dates), ("s1", task.s1, task.s1_dates)):
         stored = ds[mod].isel(roi=i, y=ys, x=xs)
         valid = cell[f"valid_{mod}"].values

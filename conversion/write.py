@@ -26,6 +26,7 @@ import numpy as np
 
 from s2cube import schema
 from s2cube.errors import ConversionError, NotACubeError
+from s2cube.grid import RoiGrid
 from s2cube.io.storage import Location, filesystem, zarr_store
 
 logger = logging.getLogger(__name__)
@@ -56,18 +57,6 @@ def small_codecs() -> tuple:
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     return (ZstdCodec(), Crc32cCodec())
-
-
-@dataclass(frozen=True)
-class GridRecord:
-    """An ROI's grid as stored in the root attrs (the cube's layout)."""
-
-    roi: str
-    epsg: int | None
-    crs_wkt: str
-    transform: tuple[float, ...]
-    n_rows: int
-    n_cols: int
 
 
 def read_root(cube: Location) -> dict | None:
@@ -117,9 +106,7 @@ def check_target(cube: Location) -> dict | None:
     if attrs.get("title") != schema.TITLE or "schema_version" not in attrs:
         raise NotACubeError(f"{cube.url} holds another Zarr dataset ({attrs.get('title')!r}), "
                             "not an s2cube cube; choose a new path for the cube")
-    if attrs["schema_version"] != schema.SCHEMA_VERSION:
-        raise NotACubeError(f"{cube.url} has schema version {attrs['schema_version']}, this "
-                            f"s2cube writes {schema.SCHEMA_VERSION}; convert into a new cube")
+    schema.check_cube_attrs(attrs, cube.url, allow_incomplete=True)  # the one check readers make
     return attrs
 
 
@@ -135,8 +122,8 @@ def _holds_anything(cube: Location) -> bool:
 
 
 def begin(
-    cube: Location, grids: list[GridRecord], patch_size: int, attrs: dict, *, s1_dtype: str = "float32"
-) -> tuple[list[GridRecord], str]:
+    cube: Location, grids: list[RoiGrid], patch_size: int, attrs: dict, *, s1_dtype: str = "float32"
+) -> tuple[list[RoiGrid], str]:
     """Mark the cube as being written, merge ``grids`` into its layout, create/grow arrays.
 
     Returns the full layout (existing ROIs first, in their cube order, then new ones) and
@@ -145,16 +132,16 @@ def begin(
     import zarr
 
     existing = check_target(cube)
-    layout: dict[str, GridRecord] = {}
+    layout: dict[str, RoiGrid] = {}
     if existing is not None:
         if existing.get("patch_size") != patch_size:
             raise ConversionError(f"{cube.url} holds {existing.get('patch_size')}-pixel patches, "
                                   f"the archive has {patch_size}; convert into a new cube")
         for g in existing.get("grids", []):
-            layout[g["roi"]] = GridRecord(**{**g, "transform": tuple(g["transform"])})
+            layout[g["roi"]] = RoiGrid.from_record(g, patch_size)
     for g in grids:
         old = layout.get(g.roi)
-        if old is not None and (old.crs_wkt, old.n_rows, old.n_cols) != (g.crs_wkt, g.n_rows, g.n_cols):
+        if old is not None and not old.same_layout(g):
             raise ConversionError(f"{g.roi} is in {cube.url} with another grid "
                                   f"({old.n_rows}×{old.n_cols} patches, EPSG:{old.epsg}) than the "
                                   f"archive's ({g.n_rows}×{g.n_cols}, EPSG:{g.epsg}); convert into "
@@ -162,7 +149,7 @@ def begin(
         layout.setdefault(g.roi, g)
     records = list(layout.values())
     root_attrs = {**(existing or {}), **attrs, "patch_size": patch_size,
-                  "grids": [asdict(g) for g in records], schema.ATTR_STATE: schema.STATE_WRITING}
+                  "grids": [g.record() for g in records], schema.ATTR_STATE: schema.STATE_WRITING}
     store = zarr_store(cube)
     if existing is None:
         try:
@@ -218,7 +205,7 @@ def _created_meanwhile() -> tuple[type[BaseException], ...]:
     return (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError)
 
 
-def layout_sizes(records: list[GridRecord], patch_size: int) -> dict[str, int]:
+def layout_sizes(records: list[RoiGrid], patch_size: int) -> dict[str, int]:
     """Dim sizes of a cube holding ``records`` (rows/cols of the largest ROI)."""
     return schema.dim_sizes(len(records), max(g.n_rows for g in records),
                             max(g.n_cols for g in records), patch_size)
@@ -283,7 +270,7 @@ def read_records(cube: Location) -> dict[str, PatchRecord]:
     return out
 
 
-def small_dataset(records: dict[str, PatchRecord], layout: list[GridRecord], patch_size: int):
+def small_dataset(records: dict[str, PatchRecord], layout: list[RoiGrid], patch_size: int):
     """The small variables and all coordinates as an in-memory xarray Dataset."""
     import xarray as xr
 
@@ -387,7 +374,7 @@ def _write_small(store: Any, small: Any) -> None:
                                       encoding=encoding)
 
 
-def finalize(cube: Location, layout: list[GridRecord], patch_size: int, attrs: dict) -> dict:
+def finalize(cube: Location, layout: list[RoiGrid], patch_size: int, attrs: dict) -> dict:
     """Write the small variables and coordinates from the journal, then mark the cube complete.
 
     Returns the journal records' problems as ``{path: message}``.

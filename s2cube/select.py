@@ -106,10 +106,12 @@ def held_cells(ds: xr.Dataset, pix: str, cell: str, p: int | None = None) -> np.
     if pix not in ds.dims:
         return np.ones(cells.size, bool)
     pixels = np.asarray(ds[pix].values).reshape(-1)
-    if pixels.dtype.kind not in "iu":
-        raise SelectionError(f"the Dataset's {pix!r} coordinate holds {pixels.dtype} values, not "
-                             "the cube's pixel indices (ds.s2cube.roi() gives real coordinates "
-                             "for maps; this verb needs the cube's grid)")
+    if pixels.dtype.kind not in "iu":  # real coordinates (ds.s2cube.roi()): aligned by roi()
+        if pixels.size == cells.size * p:
+            return np.ones(cells.size, bool)
+        raise SelectionError(f"the Dataset's {pix!r} coordinate holds {pixels.dtype} values for "
+                             f"{pixels.size} pixels and {cells.size} {cell}s of {p}: select "
+                             "whole patches on the cube's grid")
     inside = np.isin(cells[:, None] * p + np.arange(p)[None, :], pixels).sum(axis=1)
     cut = np.flatnonzero((inside > 0) & (inside < p))
     if cut.size:
@@ -139,7 +141,8 @@ def align_cells(ds: xr.Dataset) -> xr.Dataset:
         held = held_cells(ds, pix, cell, p)
         cells = np.asarray(ds[cell].values, dtype=np.int64)[held]
         want = (cells[:, None] * p + np.arange(p)[None, :]).ravel()
-        if not np.array_equal(np.asarray(ds[pix].values), want):
+        pixels = np.asarray(ds[pix].values)
+        if pixels.dtype.kind in "iu" and not np.array_equal(pixels, want):
             raise SelectionError(f"the Dataset's {pix!r} pixels are not its patches' pixels in "
                                  f"order ({cell} labels {cells.tolist()[:6]}); select whole "
                                  "patches in the cube's order")

@@ -102,9 +102,9 @@ class SEN12MSCRTS(Dataset):
         self.epoch += 1
 
     @property
-    def plan(self) -> sampling.SamplePlan:
-        """This epoch's plan: every sample's input and target slots, without reading pixels."""
-        return self.samples.plan(self.epoch)
+    def choice(self) -> sampling.SlotChoice:
+        """This epoch's slots of every sample (inputs and target), without reading pixels."""
+        return self.samples.choice(self.epoch)
 
     def __getitem__(self, pdx: int) -> dict:
         pdx = int(pdx)
@@ -112,7 +112,7 @@ class SEN12MSCRTS(Dataset):
         if not -n <= pdx < n:
             raise IndexError(f"sample {pdx} is out of range for {n} samples")
         pdx %= n
-        plan = self.plan
+        plan = self.choice
         ix = self.samples.index
         slots = plan.slots[pdx]
         frames = self.reader.read(ix.roi[pdx:pdx + 1], ix.row[pdx:pdx + 1], ix.col[pdx:pdx + 1],

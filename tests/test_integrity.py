@@ -82,12 +82,12 @@ def test_open_cube_values_refuse_the_damaged_chunk(damaged):
     cube, key, case = damaged
     ds = s2cube.open_cube(cube)
     with pytest.raises(ChunkError) as info:
-        ds.s2.sel(roi=ROI).values
+        _ = ds.s2.sel(roi=ROI).values
     _check(info.value, key, case)
     assert info.value.variable == "s2" and info.value.reason == REASON[case]
     lazy = xr.open_dataset(cube, engine="s2cube")
     with pytest.raises(ChunkError):
-        lazy.s2.sel(roi=ROI, time=SLOT).values
+        _ = lazy.s2.sel(roi=ROI, time=SLOT).values
     # the other ROI and the other patches of this one still read
     assert ds.s2.sel(roi="ROIs1868_73").isel(time=SLOT).values.any()
     assert ds.s2.sel(roi=ROI, time=SLOT).isel(y=slice(0, 32), x=slice(0, 32)).values.any()
@@ -132,7 +132,7 @@ def test_loaders_refuse_the_damaged_chunk(damaged):
 def test_verify_lists_the_damaged_chunk(damaged):
     from s2cube.io.verify import verify_cube
 
-    cube, key, case = damaged
+    cube, key, _case = damaged
     report = verify_cube(cube)
     assert not report.ok
     assert {(b.roi, b.row, b.col) for b in report.bad} == {(ROI, ROW, COL)}
@@ -158,8 +158,8 @@ def test_plain_zarr_refuses_a_flipped_byte_too(small_cube, tmp_path):
     damage(cube, "flipped_byte")
     roi = list(open_source(cube)[0].roi_names).index(ROI)
     plain = xr.open_zarr(cube)
-    with pytest.raises(Exception, match="(?i)checksum|crc"):
-        plain.s2.isel(roi=roi, time=SLOT).values
+    with pytest.raises(Exception, match=r"(?i)checksum|crc"):
+        _ = plain.s2.isel(roi=roi, time=SLOT).values
 
 
 def test_convert_with_verify_rewrites_the_damaged_patches(synthetic_archive, small_cube, tmp_path,

@@ -25,11 +25,11 @@ def test_toolbox_pairs_import_as_explicit_slots(tmp_path):
     np.save(path, data, allow_pickle=True)
     pf = pairs.load_pair_file(path)
     assert pf.kind == "pairs" and len(pf) == 2
-    plan = pairs.plan_from_pairs(pf, 2, n_input_samples=3)
+    plan = pairs.slots_from_pairs(pf, 2, n_input_samples=3)
     assert plan.inputs.tolist() == [[0, 4, 7], [1, 2, 3]]
     assert plan.target.tolist() == [12, 29] and plan.match.all()
     with pytest.raises(pairs.PairFileError, match="n_input_samples"):
-        pairs.plan_from_pairs(pf, 2, n_input_samples=2)
+        pairs.slots_from_pairs(pf, 2, n_input_samples=2)
 
 
 def test_generic_coverage_file_with_torch_tensors_imports_without_torch_code(tmp_path):
@@ -46,7 +46,7 @@ def test_generic_coverage_file_with_torch_tensors_imports_without_torch_code(tmp
     assert pf.kind == "coverage"
     got = np.array([pf.entries[i]["coverage"] for i in range(3)])
     assert np.array_equal(got, cov.astype(np.float64))  # .item() of float32 tensors, exactly
-    plan = pairs.plan_from_pairs(pf, 3, n_input_samples=3, sampler="fixed")
+    plan = pairs.slots_from_pairs(pf, 3, n_input_samples=3, sampler="fixed")
     want = sampling.fixed(got, 3)
     assert np.array_equal(plan.inputs, want.inputs) and np.array_equal(plan.target, want.target)
     pairs.check_paths(pf, [("ROIs1868_73", 171 + i) for i in range(3)])
@@ -100,7 +100,7 @@ def test_directory_lookup_and_epoch_sensitive_entries(tmp_path):
     found = pairs.find_pair_file(tmp_path, 3, "val", "all", "s2cloudless_mask")
     assert found.name == "3_val_s2cloudless_mask.npy"
     pf = pairs.load_pair_file(found)
-    assert pairs.plan_from_pairs(pf, 2, epoch=1).inputs[:, 0].tolist() == [2, 3]
-    assert pairs.plan_from_pairs(pf, 2, epoch=2).inputs[:, 0].tolist() == [0, 1]
+    assert pairs.slots_from_pairs(pf, 2, epoch=1).inputs[:, 0].tolist() == [2, 3]
+    assert pairs.slots_from_pairs(pf, 2, epoch=2).inputs[:, 0].tolist() == [0, 1]
     with pytest.raises(pairs.PairFileError, match="generic_3_test_all"):
         pairs.find_pair_file(tmp_path, 3, "test", "all", "s2cloudless_mask")

@@ -107,9 +107,9 @@ def test_missing_frames_are_never_chosen_by_fixed():
 
 def test_random_is_seeded_picks_clear_targets_and_the_middle_window():
     cov = tied_coverage(300, seed=5)
-    a = sampling.make_plan(cov, sampler="random", n_input_samples=3, seed=11, epoch=0)
-    b = sampling.make_plan(cov, sampler="random", n_input_samples=3, seed=11, epoch=0)
-    c = sampling.make_plan(cov, sampler="random", n_input_samples=3, seed=11, epoch=1)
+    a = sampling.choose_slots(cov, sampler="random", n_input_samples=3, seed=11, epoch=0)
+    b = sampling.choose_slots(cov, sampler="random", n_input_samples=3, seed=11, epoch=0)
+    c = sampling.choose_slots(cov, sampler="random", n_input_samples=3, seed=11, epoch=1)
     assert np.array_equal(a.target, b.target) and np.array_equal(a.inputs, b.inputs)
     assert not np.array_equal(a.target, c.target)
     for i, row in enumerate(cov.astype(np.float64)):
@@ -143,21 +143,21 @@ def test_fixedsubset_restricts_the_range_and_falls_back_to_the_whole_series():
     assert plan.inputs[0].tolist() == [10, 11, 12] and plan.target[0] == 12 and plan.match[0]
     full = sampling.fixed(cov, 3)
     assert plan.inputs[1].tolist() == full.inputs[1].tolist() and plan.target[1] == 25
-    same = sampling.make_plan(tied_coverage(50), sampler="fixedsubset")
-    ref = sampling.make_plan(tied_coverage(50), sampler="fixed")
+    same = sampling.choose_slots(tied_coverage(50), sampler="fixedsubset")
+    ref = sampling.choose_slots(tied_coverage(50), sampler="fixed")
     assert np.array_equal(same.inputs, ref.inputs) and np.array_equal(same.target, ref.target)
 
 
 def test_generic_plan_is_the_whole_series_and_options_are_checked():
-    plan = sampling.make_plan(tied_coverage(4), sample_type="generic")
+    plan = sampling.choose_slots(tied_coverage(4), sample_type="generic")
     assert plan.inputs.shape == (4, T) and (plan.target == -1).all()
     assert plan.slots.shape == (4, T)
     with pytest.raises(ValueError, match="sampler"):
-        sampling.make_plan(tied_coverage(4), sampler="best")
+        sampling.choose_slots(tied_coverage(4), sampler="best")
     with pytest.raises(ValueError, match="min_cov"):
-        sampling.make_plan(tied_coverage(4), min_cov=0.8, max_cov=0.2)
+        sampling.choose_slots(tied_coverage(4), min_cov=0.8, max_cov=0.2)
     with pytest.raises(ValueError, match="n_input_samples"):
-        sampling.make_plan(tied_coverage(4), n_input_samples=30)
+        sampling.choose_slots(tied_coverage(4), n_input_samples=30)
 
 
 def test_blank_rule_and_seq2seq_labels():

@@ -92,7 +92,7 @@ def _held(ds, p):
 def test_sample_plan_chooses_among_the_selections_slots_by_label(case, plain):
     name, ds = case
     p = _p(ds)
-    rois, times, *_ = _labels(ds)
+    _rois, times, *_ = _labels(ds)
     plan = ds.s2cube.sample_plan(split="all", n_input_samples=3)
     held = _held(ds, p)
     assert sorted(zip(plan.roi, plan.row, plan.col)) == sorted((r, y, x) for r, y, x, _ in held)
@@ -111,7 +111,7 @@ def test_sample_plan_chooses_among_the_selections_slots_by_label(case, plain):
 def test_batches_stream_exactly_the_selections_frames(case, plain):
     name, ds = case
     p = _p(ds)
-    rois, times, bands, _, _ = _labels(ds)
+    _rois, times, bands, _, _ = _labels(ds)
     held = {(r, y, x): pid for r, y, x, pid in _held(ds, p)}
     seen = set()
     for batch in ds.s2cube.batches(split="all", sampler="fixed", batch_size=4, shuffle=False,
@@ -218,7 +218,7 @@ def test_baselines_and_evaluate_equal_numpy_on_the_selection(case, plain):
 def test_composite_equals_numpy_on_the_selection(case, plain):
     name, ds = case
     p = _p(ds)
-    rois, times, bands, rows, cols = _labels(ds)
+    _rois, times, bands, _rows, _cols = _labels(ds)
     comp = ds.s2cube.composite().compute()
     held = _held(ds, p)
     roi, row, col, _ = held[-1]
@@ -277,7 +277,7 @@ def test_loader_refusals_say_why(full, small_cube):
         full.isel(y=slice(0, p + 3)).s2cube.batches()
     with pytest.raises(SelectionError, match="computed"):
         full.assign(s2=full.s2 + 1).s2cube.batches()
-    with pytest.raises(SelectionError, match="computed|cast"):
+    with pytest.raises(SelectionError, match=r"computed|cast"):
         full.assign(s2=full.s2.astype("int32")).s2cube.batches()
     with pytest.raises(SelectionError, match=r"no sample of split='val'.*ROIs1868_73"):
         full.s2cube.batches(split="val")

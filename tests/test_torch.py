@@ -96,11 +96,11 @@ def test_dropin_generic_resnet_and_missing_frames(cube):
 
 def test_dropin_random_sampler_is_seeded_per_epoch_and_fixed_stable_option(cube):
     ds = s2torch.SEN12MSCRTS(str(cube), sampler="random", seed=3)
-    first = ds.plan
+    first = ds.choice
     ds.set_epoch(1)
-    assert not np.array_equal(first.target, ds.plan.target)
+    assert not np.array_equal(first.target, ds.choice.target)
     ds.set_epoch(0)
-    assert np.array_equal(first.target, ds.plan.target)
+    assert np.array_equal(first.target, ds.choice.target)
     for pdx in range(len(ds)):
         t = int(first.target[pdx])
         cov = ds.samples.coverage[pdx]
@@ -108,7 +108,7 @@ def test_dropin_random_sampler_is_seeded_per_epoch_and_fixed_stable_option(cube)
     stable = s2torch.SEN12MSCRTS(str(cube), stable_sort=True)
     for pdx in range(len(stable)):
         cov = stable.samples.coverage[pdx]
-        assert stable.plan.target[pdx] == np.flatnonzero(cov == np.nanmin(cov))[0]
+        assert stable.choice.target[pdx] == np.flatnonzero(cov == np.nanmin(cov))[0]
 
 
 def test_dropin_imports_both_pair_formats(cube, tmp_path):

@@ -9,87 +9,13 @@ so ``.rio.reproject``, ``.rio.clip`` and ``.rio.to_raster`` work on it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import xarray as xr
 
+from s2cube.grid import RoiGrid, patch_bounds
 from s2cube.select import sel_roi
 
-
-@dataclass(frozen=True)
-class RoiGrid:
-    """One ROI's pixel grid on the ground.
-
-    ``transform`` is the affine ``(a, b, c, d, e, f)`` of pixel (0, 0) in GDAL/affine order:
-    ``x = c + a·col``, ``y = f + e·row`` for the pixel's upper-left corner.
-    """
-
-    name: str
-    crs: str  # "EPSG:32650" or a WKT when the cube knows no EPSG code
-    transform: tuple[float, float, float, float, float, float]
-    n_rows: int
-    n_cols: int
-    patch_size: int
-
-    @property
-    def height(self) -> int:
-        """Pixels from north to south."""
-        return self.n_rows * self.patch_size
-
-    @property
-    def width(self) -> int:
-        """Pixels from west to east."""
-        return self.n_cols * self.patch_size
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    def affine(self):
-        """The transform as an :class:`affine.Affine` (rasterio's type)."""
-        from affine import Affine
-
-        return Affine(*self.transform)
-
-    def pixel_centres(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)``: the CRS coordinates of the pixel centres of columns and rows."""
-        a, b, c, d, e, f = self.transform
-        if b or d:
-            raise ValueError(f"{self.name}'s grid is rotated (b={b}, d={d}); it has no 1-D x/y "
-                             "coordinates")
-        x = c + a * (np.arange(self.width) + 0.5)
-        y = f + e * (np.arange(self.height) + 0.5)
-        return x, y
-
-    def patch_transform(self, row: int, col: int) -> tuple[float, ...]:
-        """The affine of the patch at (row, col), as its GeoTIFF has it."""
-        a, b, c, d, e, f = self.transform
-        p = self.patch_size
-        return (a, b, c + col * p * a, d, e, f + row * p * e)
-
-    def patch_bounds(self, row: int, col: int) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` of the patch at (row, col), the reference's ``coord``."""
-        return patch_bounds(self.transform, self.patch_size, row, col)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` of the whole ROI grid."""
-        a, _, c, _, e, f = self.transform
-        xs, ys = (c, c + self.width * a), (f, f + self.height * e)
-        return min(xs), min(ys), max(xs), max(ys)
-
-
-def patch_bounds(transform: Sequence[float], patch_size: int, row: int,
-                 col: int) -> tuple[float, float, float, float]:
-    """``(left, bottom, right, top)`` of the patch at (row, col) of an ROI grid whose pixel
-    (0, 0) has the affine ``transform`` (GDAL order): rasterio's bounds of its GeoTIFF."""
-    a, _, c, _, e, f = transform
-    p = patch_size
-    x0, y0 = c + col * p * a, f + row * p * e
-    xs, ys = (x0, x0 + p * a), (y0, y0 + p * e)
-    return min(xs), min(ys), max(xs), max(ys)
+__all__ = ["RoiGrid", "patch_bounds", "roi", "roi_grid"]
 
 
 def roi_grid(ds: xr.Dataset, name: str) -> RoiGrid:
@@ -100,14 +26,11 @@ def roi_grid(ds: xr.Dataset, name: str) -> RoiGrid:
         raise ValueError("the dataset has no 'patch_size' attribute; open it with s2cube.open_cube")
     epsg = int(one["epsg"].values) if "epsg" in one.coords else -1
     wkt = next((g.get("crs_wkt") for g in ds.attrs.get("grids", []) if g.get("roi") == name), "")
-    if epsg > 0:
-        crs = f"EPSG:{epsg}"
-    elif wkt:
-        crs = wkt
-    else:
-        raise ValueError(f"{name} has neither an EPSG code nor a WKT in the cube; its CRS is unknown")
     transform = tuple(float(v) for v in np.asarray(one["transform"].values).ravel())
-    return RoiGrid(name, crs, transform, int(one["n_rows"].values), int(one["n_cols"].values), p)
+    grid = RoiGrid(name, wkt or "", epsg if epsg > 0 else None, transform,  # type: ignore[arg-type]
+                   int(one["n_rows"].values), int(one["n_cols"].values), p)
+    grid.crs  # noqa: B018  (refuse a grid without a CRS now, naming the ROI)
+    return grid
 
 
 def roi(ds: xr.Dataset, name: str) -> xr.Dataset:

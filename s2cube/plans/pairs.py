@@ -35,7 +35,7 @@ import numpy as np
 
 from s2cube import schema
 from s2cube.errors import S2CubeError
-from s2cube.plans.rules import SamplePlan, make_plan
+from s2cube.plans.rules import SlotChoice, choose_slots
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ __all__ = [
     "check_paths",
     "find_pair_file",
     "load_pair_file",
-    "plan_from_pairs",
+    "slots_from_pairs",
 ]
 
 
@@ -305,7 +305,7 @@ def find_pair_file(path: str | os.PathLike, n: int, split: str, region: str,
                         f"cloud_masks={detector!r}, or pass the file's path")
 
 
-def plan_from_pairs(
+def slots_from_pairs(
     pairs: PairFile,
     n_samples: int,
     *,
@@ -318,7 +318,7 @@ def plan_from_pairs(
     stable: bool = False,
     subset: tuple[int, int] = (0, schema.N_SLOTS),
     seed: int = 0,
-) -> SamplePlan:
+) -> SlotChoice:
     """The plan of ``n_samples`` samples from a pair file (explicit slots, or coverage + sampler).
 
     Coverage files give Python floats, so the fixed sampler sorts float64 values exactly as
@@ -327,9 +327,9 @@ def plan_from_pairs(
     entries = [pairs.entry(i, n_samples, epoch) for i in range(n_samples)]
     if pairs.kind == "coverage" or sample_type == "generic":
         if pairs.kind != "coverage":
-            return make_plan(np.zeros((n_samples, schema.N_SLOTS)), sample_type="generic")
+            return choose_slots(np.zeros((n_samples, schema.N_SLOTS)), sample_type="generic")
         cov = np.array([e["coverage"] for e in entries], dtype=np.float64)
-        return make_plan(cov, sample_type=sample_type, sampler=sampler,
+        return choose_slots(cov, sample_type=sample_type, sampler=sampler,
                          n_input_samples=n_input_samples, min_cov=min_cov, max_cov=max_cov,
                          stable=stable, subset=subset, seed=seed, epoch=epoch)
     lengths = {len(e["input"]) for e in entries}
@@ -340,7 +340,7 @@ def plan_from_pairs(
     target = np.array([e["target"] for e in entries], dtype=np.int64)
     if ((inputs < 0) | (inputs >= schema.N_SLOTS)).any() or ((target < 0) | (target >= schema.N_SLOTS)).any():
         raise PairFileError(f"{pairs.path} names slots outside 0..{schema.N_SLOTS - 1}")
-    return SamplePlan(inputs, target, np.ones(n_samples, bool))
+    return SlotChoice(inputs, target, np.ones(n_samples, bool))
 
 
 _FILE = re.compile(r"s[12]_(ROIs\d{4})_(\d+)_ImgNo_(\d+)_\d{4}-\d{2}-\d{2}_patch_(\d+)\.tif$")

@@ -1,10 +1,10 @@
-"""The reference loader's sampling rules as cheap NumPy sample plans (no I/O).
+"""The reference loader's sampling rules, in NumPy on coverage series (no I/O).
 
-A *plan* says, for every sample ``pdx`` of a split, which patch location it is and which
-time slots are its inputs and its target. Plans are computed from the stored ``coverage``
-(roi, time, row, col, detector) and ``patch_id`` (roi, row, col) arrays without reading a
-single pixel; datasets resolve them into reads (TorchGeo style: samplers build an index
-plan, datasets resolve it).
+A :class:`SlotChoice` says, for every sample ``pdx`` of a :class:`PatchIndex`, which
+positions of its series are its inputs and its target. It is made from the samples'
+coverage without reading a single pixel; the plan tables of :mod:`s2cube.plans.table`
+name the same choices by label, and the loader resolves them into reads (TorchGeo style:
+samplers build an index, datasets resolve it).
 
 The rules follow ``archive.md`` sec. 6:
 
@@ -17,7 +17,7 @@ The rules follow ``archive.md`` sec. 6:
   coverage exceeds 1e-3;
 - **random**: a uniformly drawn slot with coverage < 1e-3 (argmin if none) as target, the
   middle one of the windows of ``n + 1`` consecutive slots holding it as inputs; seeded by
-  a NumPy ``Generator`` (never the global RNG), so a seed and an epoch give one plan;
+  a NumPy ``Generator`` (never the global RNG), so a seed and an epoch give one choice;
 - **fixedsubset**: the fixed rule on a slot range, falling back to the whole series when
   it does not match (the reference's version crashes; this is what it intends).
 
@@ -121,7 +121,7 @@ def apply_blank_rule(coverage: np.ndarray, blank: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class SamplePlan:
+class SlotChoice:
     """Which slots each sample uses.
 
     ``inputs`` is (N, n) slots, ``target`` (N,) (-1 for ``generic``), ``match`` (N,) the
@@ -178,7 +178,7 @@ def fixed_one(
 def fixed(
     coverage: np.ndarray, n: int, min_cov: float = 0.0, max_cov: float = 1.0,
     stable: bool = False,
-) -> SamplePlan:
+) -> SlotChoice:
     """The fixed (evaluation) sampler on (N, T) coverage; see :func:`fixed_one`."""
     cov = np.asarray(coverage)
     n = _check_n(n, cov.shape[1])
@@ -202,13 +202,13 @@ def fixed(
         inputs[i] = fallback
     tcov = cov[np.arange(cov.shape[0]), target]
     match &= tcov <= CLEAR_THRESHOLD
-    return SamplePlan(inputs, target, match)
+    return SlotChoice(inputs, target, match)
 
 
 def fixedsubset(
     coverage: np.ndarray, n: int, min_cov: float = 0.0, max_cov: float = 1.0,
     slots: tuple[int, int] = (0, schema.N_SLOTS), stable: bool = False,
-) -> SamplePlan:
+) -> SlotChoice:
     """The fixed rule on slots ``slots[0] <= t < slots[1]``, else on the whole series.
 
     A sample takes the subset's result when it matches (enough inputs within
@@ -225,7 +225,7 @@ def fixedsubset(
     keep = sub.match
     inputs = np.where(keep[:, None], sub.inputs + start, full.inputs)
     target = np.where(keep, sub.target + start, full.target)
-    return SamplePlan(inputs, target, keep | full.match)
+    return SlotChoice(inputs, target, keep | full.match)
 
 
 def random_window(target: int, n: int, n_slots: int = schema.N_SLOTS) -> list[int]:
@@ -236,11 +236,11 @@ def random_window(target: int, n: int, n_slots: int = schema.N_SLOTS) -> list[in
     return [t for t in range(s, s + n + 1) if t != target]
 
 
-def random(coverage: np.ndarray, n: int, rng: np.random.Generator | int) -> SamplePlan:
+def random(coverage: np.ndarray, n: int, rng: np.random.Generator | int) -> SlotChoice:
     """The random (training) sampler on (N, T) coverage, drawn from ``rng``.
 
     ``rng`` is a ``numpy.random.Generator`` or a seed; pass ``epoch_rng(seed, epoch)`` for a
-    plan that differs per epoch and is the same in every process.
+    choice that differs per epoch and is the same in every process.
     """
     cov = np.asarray(coverage, dtype=np.float64)
     n = _check_n(n, cov.shape[1])
@@ -255,13 +255,13 @@ def random(coverage: np.ndarray, n: int, rng: np.random.Generator | int) -> Samp
     target = np.where(counts > 0, drawn, fallback)
     inputs = np.array([random_window(int(t), n, cov.shape[1]) for t in target],
                       dtype=np.int64).reshape(-1, n)
-    return SamplePlan(inputs, target, np.ones(cov.shape[0], bool))
+    return SlotChoice(inputs, target, np.ones(cov.shape[0], bool))
 
 
-def generic(n_samples: int, n_slots: int = schema.N_SLOTS) -> SamplePlan:
+def generic(n_samples: int, n_slots: int = schema.N_SLOTS) -> SlotChoice:
     """The ``generic`` sample type: the whole series, no target."""
     inputs = np.tile(np.arange(n_slots, dtype=np.int64), (n_samples, 1))
-    return SamplePlan(inputs, np.full(n_samples, -1, np.int64), np.ones(n_samples, bool))
+    return SlotChoice(inputs, np.full(n_samples, -1, np.int64), np.ones(n_samples, bool))
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -269,7 +269,7 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch)])
 
 
-def make_plan(
+def choose_slots(
     coverage: np.ndarray,
     *,
     sample_type: str = "cloudy_cloudfree",
@@ -281,8 +281,8 @@ def make_plan(
     subset: tuple[int, int] = (0, schema.N_SLOTS),
     seed: int = 0,
     epoch: int = 0,
-) -> SamplePlan:
-    """The plan of every sample from its (N, T) coverage, by the reference's options."""
+) -> SlotChoice:
+    """The slots of every sample from its (N, T) coverage, by the reference's options."""
     if sample_type not in SAMPLE_TYPES:
         raise ValueError(f"sample_type {sample_type!r} is not one of {', '.join(SAMPLE_TYPES)}")
     if sampler not in SAMPLERS:

@@ -57,7 +57,7 @@ def sample_plan(
 
     The samplers choose among the Dataset's slots only (a time selection samples only
     those) and the plan names them by ``time`` label. ``options`` go to
-    :func:`s2cube.plans.rules.make_plan` (``sampler``, ``n_input_samples``, ``min_cov``,
+    :func:`s2cube.plans.rules.choose_slots` (``sampler``, ``n_input_samples``, ``min_cov``,
     ``max_cov``, ``stable``, ``seed``, ``epoch``, ``subset`` as a range of ``time`` labels).
     Reads ``patch_id``, ``coverage`` and ``blank`` only.
 
@@ -66,7 +66,7 @@ def sample_plan(
     SelectionError
         The Dataset holds no patch of ``split``/``region``, or too few slots.
     """
-    from s2cube.plans.rules import make_plan
+    from s2cube.plans.rules import choose_slots
     from s2cube.select import patch_table, roi_names
 
     table = patch_table(ds, split, region)
@@ -85,7 +85,7 @@ def sample_plan(
         lo, hi = (int(v) for v in options["subset"])
         inside = np.flatnonzero((labels >= lo) & (labels < hi))
         options["subset"] = (int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0)
-    plan = make_plan(_series(ds, table, detector), **options)
+    plan = choose_slots(_series(ds, table, detector), **options)
     out = table.drop(columns=["roi_pos", "row_pos", "col_pos"])
     out["inputs"] = [tuple(int(labels[t]) for t in row) for row in plan.inputs]
     out["target"] = np.where(plan.target >= 0, labels[np.maximum(plan.target, 0)], -1)

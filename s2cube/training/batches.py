@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from s2cube import schema
-from s2cube.analysis.georef import patch_bounds
 from s2cube.errors import SelectionError
+from s2cube.grid import patch_bounds
 from s2cube.io.reader import FrameRequest, Post
 from s2cube.plans import pairs
 from s2cube.plans import rules as sampling
@@ -411,7 +411,7 @@ class SampleSet:
             if check_pair_paths:
                 pairs.check_paths(self.pairs, [(ix.roi_name(i), int(ix.patch_id[i]))
                                                 for i in range(len(ix))])
-        self._plans: dict[int, sampling.SamplePlan] = {}
+        self._choices: dict[int, sampling.SlotChoice] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -434,32 +434,33 @@ class SampleSet:
         return np.vectorize(lambda t: where.get(int(t), -1), otypes=[np.int64])(lab) \
             if lab.size else lab
 
-    def plan(self, epoch: int) -> sampling.SamplePlan:
-        """The plan of one epoch in the Dataset's time positions (the same in every process)."""
+    def choice(self, epoch: int) -> sampling.SlotChoice:
+        """The slots of every sample in one epoch, as positions in the Dataset's ``time`` (the
+        same in every process)."""
         epoch = int(epoch)
-        got = self._plans.get(epoch)
+        got = self._choices.get(epoch)
         if got is not None:
             return got
         o = self.opts
         if self.pairs is not None:
-            plan = pairs.plan_from_pairs(
+            plan = pairs.slots_from_pairs(
                 self.pairs, len(self), epoch=epoch, sample_type=o.sample_type, sampler=o.sampler,
                 n_input_samples=o.n_input_samples, min_cov=o.min_cov, max_cov=o.max_cov,
                 stable=o.stable_sort, subset=o.subset, seed=o.seed)
             target = plan.target
-            plan = sampling.SamplePlan(self.positions(plan.inputs, "the pair file"),
+            plan = sampling.SlotChoice(self.positions(plan.inputs, "the pair file"),
                                        np.where(target >= 0, self.positions(
                                            np.maximum(target, 0), "the pair file"), -1),
                                        plan.match)
         else:
             subset = tuple(int(v) for v in self.positions_range(o.subset))
-            plan = sampling.make_plan(
+            plan = sampling.choose_slots(
                 self.coverage, sample_type=o.sample_type, sampler=o.sampler,
                 n_input_samples=o.n_input_samples, min_cov=o.min_cov, max_cov=o.max_cov,
                 stable=o.stable_sort, subset=subset, seed=o.seed, epoch=epoch)
-        if len(self._plans) > 4:
-            self._plans.clear()
-        self._plans[epoch] = plan
+        if len(self._choices) > 4:
+            self._choices.clear()
+        self._choices[epoch] = plan
         return plan
 
     def positions_range(self, labels: tuple[int, int]) -> tuple[int, int]:
@@ -543,7 +544,7 @@ class BatchMaker:
             rng = np.random.default_rng([seed, epoch, 1])
             drawn["offsets"] = rng.integers(0, p - self.crop + 1, size=(n, 2))
         if self.mode == "seq2point":
-            drawn["plan"] = s.plan(epoch)
+            drawn["choice"] = s.choice(epoch)
         else:
             n_slots = s.view.time.size
             length = self.window or n_slots
@@ -566,7 +567,7 @@ class BatchMaker:
         ix = s.index
         offsets = drawn["offsets"][ids] if "offsets" in drawn else None
         if self.mode == "seq2point":
-            plan = drawn["plan"]
+            plan = drawn["choice"]
             slots = plan.slots[ids]
             gaps = None
         else:
