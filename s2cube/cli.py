@@ -228,5 +228,37 @@ def validate(source, cube, rois, scheduler, workers, storage) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+@main.command()
+@click.argument("cube")
+@click.option("--out", type=str, default=None,
+              help="Catalog folder or S3 prefix (default: CUBE's sibling <name>.stac).")
+@click.option("--inline", is_flag=True, help="Print the Collection JSON; write nothing.")
+@click.option("--no-thumbnails", is_flag=True, help="Write no PNG quicklooks.")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option for the cube and the catalog (repeatable).")
+def stac(cube, out, inline, no_thumbnails, storage) -> None:
+    """Write the STAC catalog of CUBE: a Collection and one Item per ROI."""
+    from s2cube import stac as catalog
+
+    options = _options(storage)
+    if inline and out:
+        raise click.BadParameter("--inline writes nothing; leave out --out", param_hint="--inline")
+    try:
+        if inline:
+            click.echo(json.dumps(catalog.catalog_json(cube, storage_options=options), indent=2))
+            return
+        url = catalog.write_catalog(cube, out, options, thumbnails=not no_thumbnails)
+    except ImportError as exc:
+        _fail(S2CubeError(f"{exc.name or exc} is missing: pip install 's2cube[stac]'"), options)
+    except S2CubeError as exc:
+        _fail(exc, options)
+    except OSError as exc:
+        err = _storage_failure(exc, (cube, out or cube), options)
+        if err is exc:
+            raise
+        _fail(err, options)
+    click.echo(f"wrote {url}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
