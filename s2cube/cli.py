@@ -121,12 +121,14 @@ def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrup
               help="S1 storage dtype; auto keeps float32 only when it is exact.")
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE",
               help="fsspec storage option for both URLs (repeatable); AWS_* env vars work too.")
+@click.option("--stac", "with_stac", is_flag=True,
+              help="Also write the cube's STAC catalog beside it (see `s2cube stac`).")
 @click.option("--verify", "verify_existing", is_flag=True,
               help="Check the chunks of patch locations already in the cube and convert again "
                    "those with bad ones.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def convert(source, cube, split, region, rois, no_s1, scheduler, workers, threads_per_worker,
-            cloud_method, s1_dtype, storage, verify_existing, progress) -> None:
+            cloud_method, s1_dtype, storage, with_stac, verify_existing, progress) -> None:
     """Convert the GeoTIFF archive at SOURCE into the cube at CUBE (resumable, incremental)."""
     from tqdm import tqdm
 
@@ -160,6 +162,13 @@ def convert(source, cube, split, region, rois, no_s1, scheduler, workers, thread
         click.echo(f"notice: skipped {path} (not a .tif)", err=True)
     click.echo(f"{report.cube}: {report.patches} patch locations, {report.converted} converted, "
                f"{report.resumed} already there, {report.seconds:.1f} s")
+    if with_stac:
+        from s2cube import stac as catalog
+
+        try:
+            click.echo(f"wrote {catalog.write_catalog(report.cube, None, options)}")
+        except S2CubeError as exc:
+            _fail(exc, options)
     if report.problems:
         click.echo(f"{len(report.problems)} problem(s), recorded as gaps in the cube:", err=True)
         for path, message in report.problems.items():
@@ -281,6 +290,38 @@ def verify(cube, decode, scheduler, workers, storage, progress) -> None:
         click.echo("convert the archive again with --verify to rewrite the patch locations "
                    "that hold them: s2cube convert ARCHIVE CUBE --verify", err=True)
     sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("cube")
+@click.option("--out", type=str, default=None,
+              help="Catalog folder or S3 prefix (default: CUBE's sibling <name>.stac).")
+@click.option("--inline", is_flag=True, help="Print the Collection JSON; write nothing.")
+@click.option("--no-thumbnails", is_flag=True, help="Write no PNG quicklooks.")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option for the cube and the catalog (repeatable).")
+def stac(cube, out, inline, no_thumbnails, storage) -> None:
+    """Write the STAC catalog of CUBE: a Collection and one Item per ROI."""
+    from s2cube import stac as catalog
+
+    options = _options(storage)
+    if inline and out:
+        raise click.BadParameter("--inline writes nothing; leave out --out", param_hint="--inline")
+    try:
+        if inline:
+            click.echo(json.dumps(catalog.catalog_json(cube, storage_options=options), indent=2))
+            return
+        url = catalog.write_catalog(cube, out, options, thumbnails=not no_thumbnails)
+    except ImportError as exc:
+        _fail(S2CubeError(f"{exc.name or exc} is missing: pip install 's2cube[stac]'"), options)
+    except S2CubeError as exc:
+        _fail(exc, options)
+    except OSError as exc:
+        err = _storage_failure(exc, (cube, out or cube), options)
+        if err is exc:
+            raise
+        _fail(err, options)
+    click.echo(f"wrote {url}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,7 @@ CHUNK_CHOICES = {"series": {}, "frame": {"time": 1}}
 
 
 def open_cube(
-    url: str | os.PathLike,
+    url: str | os.PathLike | Any,
     *,
     storage_options: dict[str, Any] | None = None,
     allow_incomplete: bool = False,
@@ -37,7 +37,9 @@ def open_cube(
     Parameters
     ----------
     url
-        A local path, ``file://``, ``s3://bucket/key`` or any fsspec URL.
+        A local path, ``file://``, ``s3://bucket/key`` or any fsspec URL of a cube; or a
+        STAC Collection, Item or Asset of one (a pystac object, a dict, or the URL of its
+        JSON), as ``s2cube stac`` writes them.
     storage_options
         Credentials and settings of the object store (s3fs names: ``key``, ``secret``,
         ``anon``, ``endpoint_url``, ...); the AWS environment and config files work too.
@@ -63,7 +65,11 @@ def open_cube(
     StorageError
         The object store refused: credentials, bucket, permissions.
     """
+    from s2cube import stac
     from s2cube.io.backend import S2CubeBackend, coordinates
+
+    if stac.is_stac(url):
+        url, storage_options = stac.resolve(url, storage_options)
 
     if isinstance(chunks, str):
         if chunks not in CHUNK_CHOICES:
