@@ -1,10 +1,12 @@
-"""Engines that evaluate s2cloudless's LightGBM model: a small compiled C kernel, ONNX Runtime, LightGBM.
+"""Engines that evaluate s2cloudless's LightGBM model: a numba-compiled kernel, ONNX Runtime, LightGBM.
 
 s2cloudless spends nearly all its time in LightGBM's ``predict`` (170 trees of 770 leaves,
 10 features). Measured on one core of this project's 2-core machine for 256² frames
 (``benchmarks/bench_clouds.py``): LightGBM ≈ 1.9 s/frame, ONNX Runtime ≈ 0.5 s/frame
 (probabilities within 4e-7), tl2cgen-compiled C ≈ 0.26 s/frame (exact, but 4 minutes of gcc),
-and the kernel here ≈ 0.21 s/frame, bit-identical to LightGBM, compiled in well under a second.
+and the kernel here ≈ 0.2 s/frame, bit-identical to LightGBM (``benchmarks/bench_kernels.py``
+compares it with the C kernel it replaces). numba compiles it for the host CPU in about a second
+on first use and caches the machine code (see :mod:`s2cube.kernels.native`): no C compiler.
 
 Why the kernel is exact and fast:
 
@@ -20,16 +22,16 @@ Why the kernel is exact and fast:
   LightGBM's bit for bit; s2cloudless then casts them to float32, and so do we.
 
 Everything expensive is cached on disk, keyed by the s2cloudless version and the model's hash
-(see :func:`cache_dir`): the kernel's tables (``trees-*.npz``, ~1 s to build), the shared library
-(``kernel-*.so``, gcc ~0.1–1 s) and, only if that route is used, the ONNX model (``model-*.onnx``,
-~11–14 s of onnxmltools). Files are written atomically, so concurrent workers are safe.
+(see :func:`cache_dir`): the kernel's tables (``trees-*.npz``, ~1 s to build) and, only if that
+route is used, the ONNX model (``model-*.onnx``, ~11–14 s of onnxmltools); numba caches the
+compiled kernel itself. Files are written atomically, so concurrent workers are safe.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -49,62 +51,8 @@ MAX_DN = 10000
 PIXELS_PER_CALL = 1 << 18  # pixels per predict call of the ONNX/LightGBM engines (4 frames of 256²)
 _NFEAT = 16  # bytes per pixel in the kernel's bin array
 
-KERNEL_C = r"""
-#include <math.h>
-#include <stdint.h>
-
-#define LANES 8
-#define CHECK 4
-#define BLOCK 1024
-#define NFEAT 16
-
-/* node word: bits 0-3 feature, 4-11 threshold bin, 12 leaf flag, 16-31 left child (the right
-   child is the next node). A leaf points to itself with threshold 255, so it never moves. */
-static inline uint32_t step(const uint32_t *w, const uint8_t *x, uint32_t k) {
-  uint32_t q = w[k];
-  return (q >> 16) + (x[q & 15u] > ((q >> 4) & 255u));
-}
-
-void s2c_forest_proba(const uint8_t *bins, int64_t n, const uint32_t *words,
-                      const double *values, const int32_t *offsets, const int32_t *depths,
-                      int32_t n_trees, double sigmoid, float *prob) {
-  double acc[BLOCK];
-  for (int64_t start = 0; start < n; start += BLOCK) {
-    int m = (int)((n - start) < BLOCK ? (n - start) : BLOCK);
-    const uint8_t *xb = bins + start * NFEAT;
-    for (int i = 0; i < m; i++) acc[i] = 0.0;
-    for (int t = 0; t < n_trees; t++) {
-      const uint32_t *w = words + offsets[t];
-      const double *v = values + offsets[t];
-      const int depth = depths[t];
-      const uint8_t *x = xb;
-      int i = 0;
-      for (; i + LANES <= m; i += LANES, x += LANES * NFEAT) {
-        uint32_t k[LANES] = {0};
-        for (int d = 0; d < depth; d += CHECK) {
-          for (int c = 0; c < CHECK; c++)
-            for (int l = 0; l < LANES; l++) k[l] = step(w, x + l * NFEAT, k[l]);
-          uint32_t leaves = 1u;
-          for (int l = 0; l < LANES; l++) leaves &= w[k[l]] >> 12;
-          if (leaves & 1u) break;
-        }
-        for (int l = 0; l < LANES; l++) acc[i + l] += v[k[l]];
-      }
-      for (; i < m; i++, x += NFEAT) {
-        uint32_t k = 0;
-        for (int d = 0; d < depth; d++) k = step(w, x, k);
-        acc[i] += v[k];
-      }
-    }
-    for (int i = 0; i < m; i++)
-      prob[start + i] = (float)(1.0 / (1.0 + exp(-sigmoid * acc[i])));
-  }
-}
-"""
-
-
 class EngineUnavailable(native.NativeUnavailable):
-    """An engine cannot run here (no compiler, unsupported model, missing package)."""
+    """An engine cannot run here (numba or another package missing, unsupported model)."""
 
 
 # --- the model file and the cache -----------------------------------------------------------
@@ -281,36 +229,104 @@ def load_tables(cache: Path) -> Tables:
 
 # --- the compiled kernel --------------------------------------------------------------------
 
+LANES = 8  # pixels walked down a tree together (independent chains of loads)
+CHECK = 4  # levels between two "all at a leaf?" checks
+BLOCK = 1024  # pixels per block: their accumulators and bins stay in L1 with one tree
+_U4, _U12, _U15, _U16, _U255 = (np.uint64(v) for v in (4, 12, 15, 16, 255))
+_B0, _B1, _B2, _B3, _B4, _B5, _B6, _B7 = (np.uint64(lane * _NFEAT) for lane in range(LANES))
 
-def compile_kernel(cache: Path) -> Path:
-    """Compile :data:`KERNEL_C` into the cache (once per source, flags and platform)."""
-    try:
-        return native.compile_library(KERNEL_C, "kernel", cache)
-    except native.NativeUnavailable as exc:
-        raise EngineUnavailable(str(exc)) from exc
+
+@native.jit
+def _forest_kernel(bins: np.ndarray, words: np.ndarray, values: np.ndarray, offsets: np.ndarray,
+                   depths: np.ndarray, sigmoid: float, prob: np.ndarray) -> None:  # pragma: no cover
+    """LightGBM's probability of each pixel of ``bins`` (n·16,) uint8 into ``prob`` (n,) float32.
+
+    The trees' nodes are ``words``/``values`` from ``offsets``; ``depths`` the steps to reach
+    every leaf of each tree. A node word: bits 0-3 feature, 4-11 threshold bin, 12 leaf flag,
+    16-31 left child; the right child is the next node, and one step from node ``k`` is
+    ``left(k) + (bin[feature(k)] > threshold(k))``. A leaf points to itself with threshold bin
+    255, so it never moves. Per block of pixels and tree: eight pixels step together (eight
+    independent chains of dependent loads), with a check every four levels whether all are at
+    a leaf; the rest one at a time. Leaf values are added in tree order in float64. Indices are
+    unsigned (no negative-index wraparound in the compiled code) and each group of eight reads
+    its bins at constant offsets from one pointer, which keeps the eight chains in registers.
+    """
+    n = prob.shape[0]
+    nf = np.uint64(_NFEAT)
+    acc = np.empty(BLOCK)
+    for start in range(0, n, BLOCK):
+        m = min(n - start, BLOCK)
+        acc[:m] = 0.0
+        for t in range(depths.shape[0]):
+            node = words[offsets[t]:]
+            leaf = values[offsets[t]:]
+            depth = depths[t]
+            i = 0
+            while i + LANES <= m:
+                x = bins[(start + i) * _NFEAT:(start + i + LANES) * _NFEAT]
+                k0 = k1 = k2 = k3 = k4 = k5 = k6 = k7 = np.uint64(0)
+                for _ in range(0, depth, CHECK):
+                    for _ in range(CHECK):
+                        q = np.uint64(node[k0])
+                        k0 = (q >> _U16) + np.uint64(np.uint64(x[_B0 + (q & _U15)]) > ((q >> _U4) & _U255))
+                        q = np.uint64(node[k1])
+                        k1 = (q >> _U16) + np.uint64(np.uint64(x[_B1 + (q & _U15)]) > ((q >> _U4) & _U255))
+                        q = np.uint64(node[k2])
+                        k2 = (q >> _U16) + np.uint64(np.uint64(x[_B2 + (q & _U15)]) > ((q >> _U4) & _U255))
+                        q = np.uint64(node[k3])
+                        k3 = (q >> _U16) + np.uint64(np.uint64(x[_B3 + (q & _U15)]) > ((q >> _U4) & _U255))
+                        q = np.uint64(node[k4])
+                        k4 = (q >> _U16) + np.uint64(np.uint64(x[_B4 + (q & _U15)]) > ((q >> _U4) & _U255))
+                        q = np.uint64(node[k5])
+                        k5 = (q >> _U16) + np.uint64(np.uint64(x[_B5 + (q & _U15)]) > ((q >> _U4) & _U255))
+                        q = np.uint64(node[k6])
+                        k6 = (q >> _U16) + np.uint64(np.uint64(x[_B6 + (q & _U15)]) > ((q >> _U4) & _U255))
+                        q = np.uint64(node[k7])
+                        k7 = (q >> _U16) + np.uint64(np.uint64(x[_B7 + (q & _U15)]) > ((q >> _U4) & _U255))
+                    at_leaf = (node[k0] & node[k1] & node[k2] & node[k3] & node[k4] & node[k5]
+                               & node[k6] & node[k7])
+                    if (np.uint64(at_leaf) >> _U12) & np.uint64(1):
+                        break
+                acc[i] += leaf[k0]
+                acc[i + 1] += leaf[k1]
+                acc[i + 2] += leaf[k2]
+                acc[i + 3] += leaf[k3]
+                acc[i + 4] += leaf[k4]
+                acc[i + 5] += leaf[k5]
+                acc[i + 6] += leaf[k6]
+                acc[i + 7] += leaf[k7]
+                i += LANES
+            while i < m:
+                base = np.uint64(start + i) * nf
+                k = np.uint64(0)
+                for _ in range(depth):
+                    q = np.uint64(node[k])
+                    k = (q >> _U16) + np.uint64(np.uint64(bins[base + (q & _U15)]) > ((q >> _U4) & _U255))
+                acc[i] += leaf[k]
+                i += 1
+        for i in range(m):
+            prob[start + i] = np.float32(1.0 / (1.0 + math.exp(-sigmoid * acc[i])))
 
 
 class KernelEngine:
-    """s2cloudless's model run by the compiled kernel; bit-identical to LightGBM."""
+    """s2cloudless's model run by the numba kernel; bit-identical to LightGBM.
 
-    name = "c-kernel"
+    Raises :class:`EngineUnavailable` where numba is not installed (the converter then uses
+    ONNX Runtime, then LightGBM).
+    """
+
+    name = "numba-kernel"
     exact = True
 
     def __init__(self, cache: Path, threads: int) -> None:
+        if not native.available():
+            raise EngineUnavailable("numba is not installed (pip install numba)")
         self.tables = load_tables(cache)
-        self.lib = ctypes.CDLL(str(compile_kernel(cache)))
-        fn = self.lib.s2c_forest_proba
-        p = ctypes.c_void_p
-        fn.argtypes = [p, ctypes.c_int64, p, p, p, p, ctypes.c_int32, ctypes.c_double, p]
-        fn.restype = None
-        self._fn = fn
         self.threads = threads
 
     def _run(self, bins: np.ndarray, out: np.ndarray) -> None:
         t = self.tables
-        self._fn(bins.ctypes.data, bins.shape[0], t.words.ctypes.data, t.values.ctypes.data,
-                 t.offsets.ctypes.data, t.depths.ctypes.data, t.depths.size, t.sigmoid,
-                 out.ctypes.data)
+        _forest_kernel(bins.reshape(-1), t.words, t.values, t.offsets, t.depths, t.sigmoid, out)
 
     def predict_frames(self, dn: np.ndarray) -> np.ndarray:
         """Probabilities (F, H, W) float32 of clipped DN frames (F, 13, H, W) uint16."""
@@ -322,7 +338,7 @@ class KernelEngine:
         out = np.empty(bins.shape[0], np.float32)
         if self.threads == 1 or bins.shape[0] < 4096:
             self._run(bins, out)
-        else:  # ctypes releases the GIL: one contiguous slice per thread
+        else:  # the kernel releases the GIL (nogil): one contiguous slice per thread
             edges = np.linspace(0, bins.shape[0], self.threads + 1).astype(int)
             with ThreadPoolExecutor(self.threads) as pool:
                 list(pool.map(lambda a, b: self._run(bins[a:b], out[a:b]), edges[:-1], edges[1:]))

@@ -150,25 +150,67 @@ def test_metrics_on_real_pixels_equal_plain_formulas():
 def test_the_compiled_kernels_equal_the_numpy_formulas(monkeypatch):
     from s2cube.kernels import metrics as fastmetrics
 
-    assert fastmetrics._library() is not None  # CI has a compiler: the fast path must not fall back
+    assert fastmetrics._available()  # numba is a dependency: the fast path must not fall back
     rng = np.random.default_rng(5)
     cases = []
-    for shape in ((13, 64, 64), (2, 7, 5), (1, 30, 17), (3, 4, 41), (2, 9, 13)):
+    for shape in ((13, 64, 64), (2, 7, 5), (1, 30, 17), (3, 4, 41), (2, 9, 13), (1, 1, 1),
+                  (2, 3, 2)):
         t = rng.random(shape)
         p = np.clip(t + rng.normal(0, 0.1, shape), 0, 1)
         masks = (rng.random((3, *shape[1:])) > 0.8).astype(np.uint8)
         cases.append((p, t, masks))
         # float32 images go to the kernels as they are (widened in registers), bool masks too
         cases.append((p.astype(np.float32), t.astype(np.float32), masks.astype(bool)))
-    fast = [(M.image_metrics(p, t, m), M.image_metrics(p, t), M.ssim(p, t, window=7))
+    windows = (11, 7, 5, 3, 1)
+    fast = [(M.image_metrics(p, t, m), M.image_metrics(p, t), [M.ssim(p, t, window=k) for k in windows])
             for p, t, m in cases]
-    monkeypatch.setattr(fastmetrics, "_library", lambda: None)  # NumPy only
-    for (p, t, m), (with_masks, without, ssim7) in zip(cases, fast):
+    monkeypatch.setattr(fastmetrics, "_available", lambda: False)  # NumPy only
+    for (p, t, m), (with_masks, without, ssims) in zip(cases, fast):
         for got, expected in ((with_masks, M.image_metrics(p, t, m)), (without, M.image_metrics(p, t))):
             assert got.keys() == expected.keys()
             for k in got:
                 assert got[k] == pytest.approx(expected[k], rel=1e-12, abs=1e-12, nan_ok=True), k
-        assert ssim7 == pytest.approx(float(np.mean(M.ssim_map(p, t, window=7))), abs=1e-12)
+        for k, got in zip(windows, ssims):
+            assert got == pytest.approx(float(np.mean(M.ssim_map(p, t, window=k))), abs=1e-12)
+
+
+def test_the_ssim_kernel_takes_any_window_like_the_numpy_filter():
+    from s2cube.kernels import metrics as fastmetrics
+
+    rng = np.random.default_rng(9)
+    t = rng.random((2, 19, 23))
+    p = np.clip(t + rng.normal(0, 0.1, t.shape), 0, 1)
+    c1, c2 = M.SSIM_C1, M.SSIM_C2
+    for taps in (np.array([1, 2, 2, 1]) / 6, rng.random(6), rng.random(7), np.array([0.25, 0.5, 0.25]),
+                 M.gaussian_window(9), rng.random(2)):
+        mu1, mu2, s1, s2, s12 = M._filter(np.stack([t, p, t * t, p * p, t * p]), taps)
+        s1, s2, s12 = s1 - mu1 * mu1, s2 - mu2 * mu2, s12 - mu1 * mu2
+        ref = (((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))).sum()
+        for a, b in ((p, t), (p.astype(np.float32), t.astype(np.float32))):
+            got = fastmetrics.ssim_sum(a, b, taps, c1, c2)
+            assert got == pytest.approx(ref, rel=1e-12 if a.dtype == np.float64 else 1e-6), len(taps)
+
+
+def test_without_numba_the_metrics_come_from_numpy_and_say_so(monkeypatch, caplog):
+    from s2cube.kernels import metrics as fastmetrics
+    from s2cube.kernels import native
+
+    rng = np.random.default_rng(8)
+    t = rng.random((3, 16, 16))
+    p = np.clip(t + rng.normal(0, 0.1, t.shape), 0, 1)
+    fast = M.image_metrics(p, t)
+    monkeypatch.setattr(native, "_numba", lambda: None)  # as if numba could not be imported
+    fastmetrics._available.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=fastmetrics.__name__):
+            assert fastmetrics.ssim_sum(p, t, M.gaussian_window(), M.SSIM_C1, M.SSIM_C2) is None
+            assert fastmetrics.error_sums(p, t, None) is None
+            slow = M.image_metrics(p, t)
+        assert "numba is not installed" in caplog.text
+        for k in M.METRICS:
+            assert slow[k] == pytest.approx(fast[k], rel=1e-12, abs=1e-12, nan_ok=True), k
+    finally:
+        fastmetrics._available.cache_clear()
 
 
 def test_nan_predictions_take_the_numpy_path_and_its_semantics():

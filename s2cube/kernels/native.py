@@ -1,39 +1,163 @@
-"""Small C kernels, compiled once with the machine's C compiler and cached on disk.
+"""Compiled kernels without a C compiler: numba, its on-disk cache, and s2cube's cache files.
 
-Some inner loops (a 30-slot median per pixel, a decision forest per pixel) cost many times
-the decompression of the bytes they work on when written with NumPy, whose per-call
-overhead and full-array temporaries dominate. s2cube ships them as short C sources, compiled
-on first use (``cc -O3``, well under a second) into ``~/.cache/s2cube/<kind>/`` (or
-``$S2CUBE_CACHE_DIR``) and loaded with :mod:`ctypes`, which releases the GIL during the call.
-Every caller keeps a NumPy path with the same results for machines without a compiler: a
-:class:`NativeUnavailable` from here means "use it".
+A few inner loops (a 30-slot median per pixel, the SSIM window, a decision forest per pixel)
+cost many times the decompression of the bytes they work on when written with NumPy, whose
+per-call overhead and full-array temporaries dominate. s2cube writes them as plain loops
+compiled by numba (LLVM inside the process: no C compiler, no linker), as numbagg, flox or
+xarray-spatial do, with :func:`jit`: ``nogil`` (dask threads and s2cube's own thread pools run
+them in parallel), ``fastmath=False`` (IEEE arithmetic in the order written, so the values
+equal the NumPy formulas' and LightGBM's), ``error_model="numpy"`` (a division by zero gives
+inf/NaN as in NumPy instead of raising) and ``cache=True``. One kernel relaxes one flag: the
+SSIM window (:mod:`s2cube.kernels.metrics`) allows ``contract`` only, i.e. ``a * b + c`` may
+become one fused multiply-add where the CPU has FMA, as GCC did for the C kernel it replaces;
+no reordering, no assumption about NaN or infinity.
 
-Files are written atomically (a temporary file then a rename), so concurrent processes and
-dask workers sharing a cache are safe, and a kill mid-compile leaves no broken library.
+numba is imported, and a kernel compiled for the host CPU, at the kernel's first call (not at
+``import s2cube``): ~0.2 s for the import and 0.7–2.6 s per kernel and argument type
+(``benchmarks/bench_kernels.py``). The machine code is cached on disk, so a later process loads
+a kernel in milliseconds (the first one also starts numba's runtime, ~0.25 s). numba looks for a
+writable cache directory in this order: ``$NUMBA_CACHE_DIR``, the package's ``__pycache__``,
+then ``~/.cache/numba``; read-only site-packages in a worker image are fine. When none of them
+is writable (a read-only home too), :func:`jit` caches into s2cube's own cache directory (see
+:func:`cache_dir`, which ends in a per-process temporary directory), and when even that fails
+it compiles in every process. Never an error.
+
+Where numba cannot be imported, :func:`available` is False (logged once) and each caller runs
+its NumPy twin instead, with the same values. :func:`cache_dir` and :func:`write_atomic` keep
+other cached files (the cloud model's tables): written atomically, so concurrent processes and
+dask workers sharing a cache are safe.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
+import contextlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
-CFLAGS = ("-O3", "-shared", "-fPIC")
+#: The options of every kernel (see the module docstring).
+JIT_OPTIONS: dict[str, Any] = {"nogil": True, "fastmath": False, "error_model": "numpy",
+                               "cache": True}
 
 
 class NativeUnavailable(RuntimeError):
-    """A compiled kernel cannot be built or loaded here; callers fall back to NumPy."""
+    """A compiled kernel cannot run here (numba is not installed); callers fall back."""
+
+
+@cache
+def _numba() -> Any:
+    """The numba module, imported on first use (not at ``import s2cube``), or None."""
+    try:
+        import numba
+    except Exception as exc:  # not installed, or broken (too old for this NumPy, no llvmlite...)
+        logger.warning("numba cannot be imported (%s): s2cube's kernels run in NumPy, several "
+                       "times slower; pip install numba", exc)
+        return None
+    return numba
+
+
+def available() -> bool:
+    """True where the kernels are compiled by numba; False where the NumPy twins must run.
+
+    Imports numba on the first call (~0.2 s), so ``import s2cube`` stays light.
+    """
+    return _numba() is not None
+
+
+def numba_version() -> str | None:
+    """numba's version, or None where it cannot be imported."""
+    numba = _numba()
+    return None if numba is None else numba.__version__
+
+
+class Kernel:
+    """A function compiled by numba on its first call, with :data:`JIT_OPTIONS`.
+
+    Made by :func:`jit`. The compilation (or loading from numba's on-disk cache) happens in the
+    first call, under a lock, so threads calling at once compile once. Kernels call no other
+    kernels (numba would not know this wrapper).
+
+    Raises
+    ------
+    NativeUnavailable
+        When called where numba cannot be imported (check :func:`available` first).
+    """
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.py_func = fn
+        self.options = {**JIT_OPTIONS, **options}
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+        self.__doc__ = fn.__doc__
+        self.__module__ = fn.__module__
+        self._dispatcher: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<s2cube kernel {self.__module__}.{self.__qualname__}>"
+
+    def __call__(self, *args: Any) -> Any:
+        d = self._dispatcher
+        return (d if d is not None else self.dispatcher())(*args)
+
+    def dispatcher(self) -> Any:
+        """The numba dispatcher (made on first use; it compiles per argument types)."""
+        with self._lock:
+            if self._dispatcher is None:
+                numba = _numba()
+                if numba is None:
+                    raise NativeUnavailable(f"{self.__name__} needs numba, which cannot be imported")
+                self._dispatcher = _njit(numba, self.py_func, self.options)
+        return self._dispatcher
+
+
+def jit(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Compile ``fn`` with numba on first call (:class:`Kernel`); ``@jit`` or ``@jit(**options)``."""
+    if fn is None:
+        return lambda f: Kernel(f, options)
+    return Kernel(fn, options)
+
+
+def _njit(numba: Any, fn: Callable[..., Any], opts: dict[str, Any]) -> Any:
+    """``numba.njit(**opts)(fn)``, caching on disk wherever a directory is writable."""
+    if not opts.get("cache"):
+        return numba.njit(**opts)(fn)
+    try:
+        return numba.njit(**opts)(fn)
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        logger.info("numba has no writable cache directory for %s (%s); using s2cube's",
+                    fn.__name__, exc)
+    try:
+        with _numba_cache_dir(cache_dir("numba")):
+            return numba.njit(**opts)(fn)
+    except RuntimeError as exc:
+        logger.warning("cannot cache the compiled %s on disk (%s): it is compiled in every "
+                       "process", fn.__name__, exc)
+        return numba.njit(**{**opts, "cache": False})(fn)
+
+
+@contextlib.contextmanager
+def _numba_cache_dir(path: Path) -> Iterator[None]:
+    """numba's cache directory set to ``path`` while a kernel is decorated, then restored.
+
+    numba picks a function's cache directory when it is decorated and keeps it, so nothing
+    else in the process (other packages' numba functions) sees the change.
+    """
+    from numba.core import config
+
+    before = config.CACHE_DIR
+    config.CACHE_DIR = str(path)
+    try:
+        yield
+    finally:
+        config.CACHE_DIR = before
 
 
 def cache_dir(kind: str, override: str | os.PathLike | None = None) -> Path:
@@ -70,57 +194,8 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o755 if path.suffix == ".so" else 0o644)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def compiler() -> str:
-    """The C compiler: ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on PATH."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name.split()[0]):
-            return name
-    raise NativeUnavailable("no C compiler (cc, gcc or clang) found on PATH; set CC")
-
-
-def compile_library(source: str, name: str, cache: Path) -> Path:
-    """Compile ``source`` into ``cache`` once per source, flags and platform; its path.
-
-    Raises
-    ------
-    NativeUnavailable
-        No compiler, or it failed (its first 500 characters of stderr are in the message).
-    """
-    tag = f"{source}{CFLAGS}{platform.machine()}{sys.platform}".encode()
-    path = cache / f"{name}-{hashlib.sha256(tag).hexdigest()[:16]}.so"
-    if path.exists():
-        return path
-    cc = compiler()
-    with tempfile.TemporaryDirectory(prefix=f"s2cube-{name}-") as tmp:
-        src = Path(tmp) / f"{name}.c"
-        src.write_text(source)
-
-        def write(out: str) -> None:
-            cmd = [*cc.split(), *CFLAGS, "-o", out, str(src), "-lm"]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-            if done.returncode:
-                raise NativeUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
-
-        try:
-            write_atomic(path, write)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise NativeUnavailable(f"cannot compile the {name} kernel with {cc}: {exc}") from exc
-    logger.info("compiled the %s kernel to %s", name, path)
-    return path
-
-
-@cache
-def load_library(source: str, name: str) -> ctypes.CDLL:
-    """The compiled ``source`` loaded in this process (compiled into the user cache if needed)."""
-    path = compile_library(source, name, cache_dir("kernels"))
-    try:
-        return ctypes.CDLL(str(path))
-    except OSError as exc:
-        raise NativeUnavailable(f"cannot load {path}: {exc}; delete it to rebuild") from exc

@@ -72,7 +72,7 @@ def _assert_matches(result, reference, exact: bool) -> None:
 
 def test_fast_path_gives_s2cloudless_masks_and_reference_coverage(fast, reference):
     det, result = fast
-    assert det.describe()["engine"] in ("c-kernel", "onnxruntime", "lightgbm")
+    assert det.describe()["engine"] == "numba-kernel"  # numba is a dependency: no fallback
     _assert_matches(result, reference, exact=det.engine.exact)
     # the rule-based bits come from the same arithmetic: identical, whatever the engine
     for bit in (schema.FLAG_RULE_CLOUD, schema.FLAG_RULE_SHADOW):
@@ -148,15 +148,45 @@ def test_other_engines_match_the_reference(series, reference, method):
     _assert_matches(det(series), reference, exact=method == "lightgbm")
 
 
-def test_fast_falls_back_without_a_c_compiler(series, reference, tmp_path, monkeypatch):
+def test_kernel_probabilities_are_lightgbms_bit_for_bit(series):
+    import lightgbm
+
+    engine = _treemodel.get_engine("kernel", 1)
+    assert engine.name == "numba-kernel" and engine.exact
+    dn = np.minimum(series, _treemodel.MAX_DN)
+    got = engine.predict_frames(dn)
+    booster = lightgbm.Booster(model_file=_treemodel.model_file().path)
+    x = np.moveaxis(dn[:, list(_treemodel.MODEL_BAND_IDS)], 1, -1).astype(np.float32) / 10000
+    expected = booster.predict(x.reshape(-1, x.shape[-1])).astype(np.float32).reshape(got.shape)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    # threads split the pixels; sizes that are not a multiple of the 8 interleaved pixels
+    two = _treemodel.KernelEngine(_treemodel.cache_dir(), threads=2)
+    np.testing.assert_array_equal(two.predict_frames(dn).view(np.uint32), got.view(np.uint32))
+    odd = dn[:3, :, :13, :7]
+    np.testing.assert_array_equal(engine.predict_frames(odd), got[:3, :13, :7])
+
+
+def test_fast_needs_no_c_compiler(series, fast, tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang
+    monkeypatch.setattr(_treemodel, "_engines", {})
+    det = CloudDetector("fast", cache_dir=tmp_path)
+    assert det.describe()["engine"] == "numba-kernel"
+    np.testing.assert_array_equal(det(series[5:7]).prob, fast[1].prob[5:7])
+
+
+def test_fast_falls_back_to_onnx_without_numba(series, reference, tmp_path, monkeypatch, caplog):
+    from s2cube.kernels import native
+
     onnx = _treemodel.cache_dir() / f"model-{_treemodel.model_file().key}.onnx"
     if onnx.exists():  # spare the 11 s conversion: the onnx test above cached it
         shutil.copy(onnx, tmp_path / onnx.name)
-    monkeypatch.setenv("CC", "no-such-compiler")
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(native, "_numba", lambda: None)  # as if numba could not be imported
     monkeypatch.setattr(_treemodel, "_engines", {})
     det = CloudDetector("fast", cache_dir=tmp_path)
-    assert det.describe()["engine"] == "onnxruntime"
+    with caplog.at_level("WARNING"):
+        assert det.describe()["engine"] == "onnxruntime"
+    assert "numba is not installed" in caplog.text
     _assert_matches(det(series[5:7]), _subset(reference, slice(5, 7)), exact=False)
     shipped = pickle.loads(pickle.dumps(det))  # the converted model travels with the detector
     assert shipped._onnx_bytes == det._onnx_bytes
