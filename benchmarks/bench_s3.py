@@ -264,7 +264,7 @@ def bench_retry(server, args) -> dict:
 
     import bench_loader  # the loader benchmark's cube, samples and reader (benchmarks/)
 
-    from s2cube.io import reader, storage
+    from s2cube.io import storage
     from s2cube.testing import FaultyS3Proxy
     from s2cube_conversion.synth import DEFAULT_ROIS
 
@@ -304,7 +304,7 @@ def bench_retry(server, args) -> dict:
             order = kinds[run % 3:] + kinds[:run % 3]
             for kind in order:
                 proxy.fail_rate = 0.0
-                meta = reader.load_meta(url, opts if kind == "direct" else popts)
+                meta = bench_loader.load_view(url, opts if kind == "direct" else popts)
                 proxy.reset()
                 proxy.fail_rate = args.fail_rate if kind == kinds[2] else 0.0
                 rate, digests = _read_epoch(meta, samples, args.threads, args.batch)

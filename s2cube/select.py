@@ -27,6 +27,15 @@ def _roi_labels(ds: xr.Dataset, coord: str) -> np.ndarray:
     return schema.as_str(ds[coord].values)
 
 
+def _positions(index: Sequence[int] | np.ndarray) -> slice | np.ndarray:
+    """ROI positions as a slice when they are consecutive: dask then selects whole blocks
+    with plain slicing, which it fuses into the reads, instead of a gather."""
+    pos = np.asarray(index, dtype=np.int64).reshape(-1)
+    if pos.size and (np.diff(pos) == 1).all():
+        return slice(int(pos[0]), int(pos[-1]) + 1)
+    return pos
+
+
 def _sel_by(ds: xr.Dataset, coord: str, value: str, choices: tuple[str, ...]) -> xr.Dataset:
     if value not in ("all", *choices):
         raise ValueError(f"{coord} {value!r} is not one of all, {', '.join(choices)}")
@@ -37,7 +46,7 @@ def _sel_by(ds: xr.Dataset, coord: str, value: str, choices: tuple[str, ...]) ->
         held = sorted(set(np.atleast_1d(_roi_labels(ds, coord)).tolist()))
         raise SelectionError(f"this Dataset holds no ROI of {coord} {value!r} (its ROIs are of "
                              f"{coord} {held}: {roi_names(ds)})")
-    return ds.isel(roi=keep)
+    return ds.isel(roi=_positions(keep))
 
 
 def roi_names(ds: xr.Dataset) -> list[str]:
@@ -64,7 +73,7 @@ def sel_roi(ds: xr.Dataset, names: str | Sequence[str]) -> xr.Dataset:
     if missing:
         raise KeyError(f"ROI(s) {missing} are not in this Dataset; it holds {have}")
     index = [have.index(n) for n in wanted]
-    return ds.isel(roi=index if many else index[0])
+    return ds.isel(roi=_positions(index) if many else index[0])
 
 
 def detector_name(detector: str) -> str:

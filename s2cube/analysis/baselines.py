@@ -8,10 +8,10 @@
 
 All on reflectance as the reference's default preprocessing gives it
 (``clip(DN, 0, 10000) / 10000``), with the cloud masks of :func:`s2cube.schema.cloudy`.
-Every verb is a lazy dask expression over the Dataset it is called on — any selection of
-ROIs, slots, bands and whole patches, stored or computed variables alike — and reads
-exactly what that Dataset holds: frames by the plan's labels for :func:`baseline`, the
-Dataset's whole series for :func:`composite`.
+Both are lazy and read exactly what the Dataset they are called on holds — any selection of
+ROIs, slots, bands and whole patches: :func:`composite` is a dask expression over the
+Dataset's own arrays (stored or computed), one task per patch series; :func:`baseline`
+reads the stored frames the plan's labels name, a few per sample (:mod:`s2cube.io.view`).
 """
 
 from __future__ import annotations
@@ -112,11 +112,14 @@ def _with_roi(ds: xr.Dataset) -> xr.Dataset:
 
 # --- baselines for a plan ------------------------------------------------------------------
 
-def _baseline(method: str, fill: float, detector: str, frames: list, raws: list) -> np.ndarray:
-    """One sample's baseline ``(1, band, P, P)`` from its input frames and raw masks."""
-    dn = np.stack([f[0, 0] for f in frames])
+def _baseline(method: str, fill: float, detector: str, source, mask_var: str, roi: int, row: int,
+              col: int, inputs: tuple[int, ...], bands) -> np.ndarray:
+    """One sample's baseline ``(1, band, P, P)``, reading its inputs' frames and masks by
+    stored position (``bands`` selects the Dataset's bands)."""
+    dn = source.frames("s2", roi, row, col, list(inputs), None if bands is None else (bands,))
     x = to_reflectance(dn)
-    m = np.stack([schema.cloudy(r[0, 0], detector) for r in raws]).astype(np.uint8)
+    m = schema.cloudy(source.frames(mask_var, roi, row, col, list(inputs)), detector)
+    m = m.astype(np.uint8)
     out = least_cloudy(x, m) if method == "least_cloudy" else mosaic(x, m, fill)
     return np.asarray(out, np.float32)[None]
 
@@ -132,27 +135,30 @@ def baseline(
     """A baseline's predictions for the samples of ``plan``, as a lazy prediction cube.
 
     Returns ``(roi, band, y, x)`` float32 reflectance on the Dataset's grid (its ROIs, bands
-    and patches), NaN where the plan has no sample; one task per sample reads its inputs'
-    frames and masks. ``plan`` names slots by ``time`` label (:func:`s2cube.plans.table.resolve`).
+    and patches), NaN where the plan has no sample. ``plan`` names slots by ``time`` label
+    (:func:`s2cube.plans.table.resolve`); one task per sample reads the stored frames and
+    masks of its inputs (:mod:`s2cube.io.view`: a computed ``s2`` is refused).
     """
+    import dask.base
+
+    from s2cube.io.view import view_of
     from s2cube.plans.table import resolve
 
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
-    schema.detector_name(detector)
+    mask_var = schema.mask_source(detector)
     one = align_cells(_with_roi(ds))
     p = patch_size(one)
     plan = resolve(one, plan)
     if plan.table.duplicated(["roi", "row", "col"]).any():
         raise ValueError("the plan has several samples on one patch; a prediction cube holds one "
                          "prediction per patch: split the plan")
-    s2 = frame_blocks(one["s2"], ("roi", "time", "band", "y", "x"), p)
-    raw = frame_blocks(one[schema.mask_source(detector)], ("roi", "time", "y", "x"), p)
+    view = view_of(one, variables=("s2", mask_var), small=())
+    bands = view.band_select()
     n_roi, n_band = one.sizes["roi"], one.sizes["band"]
     n_rows, n_cols = one.sizes["row"], one.sizes["col"]
-    import dask.base
-
-    name = f"baseline-{method}-" + dask.base.tokenize(s2.name, raw.name, plan.table, fill, detector)
+    name = f"baseline-{method}-" + dask.base.tokenize(view.url, plan.table, fill, detector,
+                                                      view.band.tolist(), one.sizes)
     planned = {(int(i), int(r), int(c)): k
                for k, (i, r, c) in enumerate(zip(plan.roi, plan.row, plan.col))}
     layer: dict = {}
@@ -164,12 +170,11 @@ def baseline(
                 if k is None:
                     layer[key] = (np.full, (1, n_band, p, p), np.nan, np.float32)
                     continue
-                ts = [int(t) for t in plan.inputs[k]]
-                layer[key] = (_baseline, method, fill, detector,
-                              [(s2.name, i, t, 0, r, c) for t in ts],
-                              [(raw.name, i, t, r, c) for t in ts])
+                layer[key] = (_baseline, method, fill, detector, view.source, mask_var,
+                              int(view.roi[i]), int(view.row[r]), int(view.col[c]),
+                              tuple(int(view.time[t]) for t in plan.inputs[k]), bands)
     chunks = ((1,) * n_roi, (n_band,), (p,) * n_rows, (p,) * n_cols)
-    data = graph_array(name, layer, [s2, raw], chunks, np.float32)
+    data = graph_array(name, layer, [], chunks, np.float32)
     coords = {k: v for k, v in one.coords.items() if set(v.dims) <= {"roi", "band", "y", "x"}}
     out = xr.DataArray(data, dims=("roi", "band", "y", "x"), coords=coords, name=method)
     out.attrs.update(long_name=f"{method} baseline", units="1", detector=detector)
@@ -185,9 +190,15 @@ def _along_time(blocks: np.ndarray | list) -> np.ndarray:
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
-def _composite_block(s2: Any, raw: Any, frames: Any, detector: str) -> np.ndarray:
-    """One patch series: s2 ``(1, T, B, P, P)``, raw mask ``(1, T, P, P)``, frames ``(1, T, 1, 1)``."""
+def _composite_block(s2: Any, raw: Any, frames: Any, detector: str,
+                     cell: tuple[int, int, int] | None = None) -> np.ndarray:
+    """One patch series: s2 ``(1, T, B, P, P)``, raw mask ``(1, T, P, P)``, and its valid
+    frames ``(1, T, 1, 1)`` — or, with ``cell = (roi, row, col)``, every patch's valid
+    frames ``(roi, T, row, col)`` to take the patch's from."""
     s2, raw, frames = (_along_time(b) for b in (s2, raw, frames))
+    if cell is not None:
+        i, r, c = cell
+        frames = frames[i:i + 1, :, r:r + 1, c:c + 1]
     clear = frames.astype(bool) & ~schema.cloudy(raw, detector)
     t, b, h, w = s2.shape[1:]
     if t == 0:
@@ -216,7 +227,7 @@ def composite(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArra
     Over the Dataset's slots, bands and ROIs; the pixels must be whole patches. Lazy; one
     task per patch over its series (the chunks of ``open_cube``).
     """
-    import dask.array as da
+    import dask.base
 
     from s2cube.analysis.stats import valid_frames
 
@@ -226,14 +237,20 @@ def composite(ds: xr.Dataset, detector: str = "s2cloudless_mask") -> xr.DataArra
     s2 = _series_blocks(one["s2"], ("roi", "time", "band", "y", "x"), {"roi": 1, "y": p, "x": p})
     raw = _series_blocks(one[schema.mask_source(detector)], ("roi", "time", "y", "x"),
                          {"roi": 1, "y": p, "x": p})
-    frames = _series_blocks(valid_frames(one), ("roi", "time", "row", "col"),
-                            {"roi": 1, "row": 1, "col": 1})
-    if s2.chunks[1] != raw.chunks[1] or s2.chunks[1] != frames.chunks[1]:
+    if s2.chunks[1] != raw.chunks[1]:
         raw = raw.rechunk({1: s2.chunks[1]})
-        frames = frames.rechunk({1: s2.chunks[1]})
-    data = da.blockwise(_composite_block, "rbyx", s2, "rtbyx", raw, "rtyx", frames, "rtyx",
-                        detector=detector, align_arrays=False, concatenate=False,
-                        dtype=np.float32)
+    # the valid frames of every patch: one small block that each patch's task indexes
+    frames = _series_blocks(valid_frames(one), ("roi", "time", "row", "col"), {})
+    n_roi, n_time, n_band = s2.numblocks[0], s2.numblocks[1], one.sizes["band"]
+    n_rows, n_cols = s2.numblocks[3], s2.numblocks[4]
+    name = "composite-" + dask.base.tokenize(s2.name, raw.name, frames.name, detector)
+    fkey = (frames.name, 0, 0, 0, 0)
+    layer = {(name, i, 0, r, c): (
+        _composite_block, [(s2.name, i, t, 0, r, c) for t in range(n_time)],
+        [(raw.name, i, t, r, c) for t in range(n_time)], fkey, detector, (i, r, c))
+        for i in range(n_roi) for r in range(n_rows) for c in range(n_cols)}
+    data = graph_array(name, layer, [s2, raw, frames],
+                       ((1,) * n_roi, (n_band,), (p,) * n_rows, (p,) * n_cols), np.float32)
     coords = {k: v for k, v in one.coords.items() if set(v.dims) <= {"roi", "band", "y", "x"}}
     out = xr.DataArray(data, dims=("roi", "band", "y", "x"), coords=coords, name="composite",
                        attrs={"long_name": f"median of the {detector}-clear reflectance over "

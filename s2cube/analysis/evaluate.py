@@ -2,9 +2,9 @@
 
 :func:`evaluate` resolves the plan against the Dataset it is called on (ROIs, patches and
 ``time`` labels: the same plan scores the same samples on any Dataset that holds them),
-builds one dask task per sample over the Dataset's own arrays — the target frame, the
-inputs' masks and the prediction — and returns a table per sample with means per ROI,
-region and split.
+builds one dask task per sample that reads the sample's target frame and its inputs'
+masks (the stored frames the Dataset's labels name, checksums verified) and scores its
+prediction, and returns a table per sample with means per ROI, region and split.
 """
 
 from __future__ import annotations
@@ -93,23 +93,30 @@ def _check_sizes(pred: xr.DataArray, sizes: dict[str, int]) -> None:
             raise ValueError(f"predictions have {pred.sizes[d]} {d}; the Dataset has {n}")
 
 
-def _score(detector: str, target: np.ndarray, raws: list, pred: np.ndarray) -> np.ndarray:
+def _score(detector: str, target: np.ndarray, raws: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """One sample's row: 1 and the metrics, or NaN where the prediction is all NaN.
 
-    ``target`` the target frame block ``(1, 1, band, P, P)`` (DN as integers or reflectance),
-    ``raws`` the inputs' raw mask blocks ``(1, 1, P, P)``, ``pred`` ``(1, band, P, P)``.
+    ``target`` ``(band, P, P)`` (DN as integers, or reflectance), ``raws`` the inputs' stored
+    masks ``(n, P, P)``, ``pred`` ``(band, P, P)``.
     """
-    target = target[0, 0]
-    pred = pred[0]
     if pred.dtype.kind in "ui":
         pred = to_reflectance(pred)
     if target.dtype.kind in "ui":
         target = to_reflectance(target)
     if pred.size and np.isnan(pred.flat[0]) and np.isnan(pred).all():  # not predicted
         return np.full((1, len(M.METRICS) + 1), np.nan)
-    masks = np.stack([schema.cloudy(r[0, 0], detector) for r in raws]).astype(np.uint8)
+    masks = schema.cloudy(raws, detector).astype(np.uint8)
     row = M.image_metrics(pred, target, masks)
     return np.array([[1.0, *[row[k] for k in M.METRICS]]])
+
+
+def _score_stored(detector: str, source, mask_var: str, roi: int, row: int, col: int,
+                  target: int, inputs: tuple[int, ...], bands, pred: np.ndarray) -> np.ndarray:
+    """:func:`_score` of one sample, reading its target frame and input masks by stored
+    position (``bands`` selects the Dataset's bands of the target)."""
+    dn = source.frames("s2", roi, row, col, [target], None if bands is None else (bands,))[0]
+    raws = source.frames(mask_var, roi, row, col, list(inputs))
+    return _score(detector, dn, raws, pred[0])
 
 
 def score_samples(ds: xr.Dataset, predictions: Any, plan: Any, *,
@@ -117,33 +124,37 @@ def score_samples(ds: xr.Dataset, predictions: Any, plan: Any, *,
     """Lazy ``(n_samples, 1 + len(METRICS))`` dask array of per-sample scores, and its plan.
 
     Column 0 is 1 where the prediction had values, NaN where the patch was not predicted.
-    Samples without a prediction are left out of the returned plan table.
+    Samples without a prediction are left out of the returned plan table. Each sample is
+    one task that reads its target frame and its inputs' masks (the stored frames the
+    Dataset's labels name, see :mod:`s2cube.io.view`) and its prediction block.
     """
     import dask.base
 
+    from s2cube.io.view import view_of
     from s2cube.plans.table import resolve
 
-    schema.detector_name(detector)
+    mask_var = schema.mask_source(detector)
     one = align_cells(_with_roi(ds))
     p = patch_size(one)
     plan = resolve(one, plan)
     if (plan.target < 0).any():
         raise ValueError("the plan has samples without a target (generic samples); evaluate "
                          "scores seq2point plans")
-    s2 = frame_blocks(one["s2"], ("roi", "time", "band", "y", "x"), p)
-    raw = frame_blocks(one[schema.mask_source(detector)], ("roi", "time", "y", "x"), p)
+    view = view_of(one, variables=("s2", mask_var), small=())
     pred, keys = _prediction_blocks(one, predictions, plan, p)
-    keep = [k is not None for k in keys]
-    name = "evaluate-" + dask.base.tokenize(s2.name, raw.name, pred.name, plan.table, detector)
+    keep = np.flatnonzero([k is not None for k in keys])
+    bands = view.band_select()
+    name = "evaluate-" + dask.base.tokenize(view.url, pred.name, plan.table, detector,
+                                            view.band.tolist())
     layer = {}
-    for n, k in enumerate(np.flatnonzero(keep)):
-        i, r, c = int(plan.roi[k]), int(plan.row[k]), int(plan.col[k])
+    for n, k in enumerate(keep):
         layer[(name, n, 0)] = (
-            _score, detector, (s2.name, i, int(plan.target[k]), 0, r, c),
-            [(raw.name, i, int(t), r, c) for t in plan.inputs[k]], keys[k])
-    n = len(layer)
-    chunks = ((1,) * n, (len(M.METRICS) + 1,))
-    return graph_array(name, layer, [s2, raw, pred], chunks, np.float64), plan.table[keep]
+            _score_stored, detector, view.source, mask_var, int(view.roi[plan.roi[k]]),
+            int(view.row[plan.row[k]]), int(view.col[plan.col[k]]),
+            int(view.time[plan.target[k]]), tuple(int(view.time[t]) for t in plan.inputs[k]),
+            bands, keys[k])
+    chunks = ((1,) * len(keep), (len(M.METRICS) + 1,))
+    return graph_array(name, layer, [pred], chunks, np.float64), plan.table.iloc[keep]
 
 
 @dataclass(frozen=True)

@@ -119,12 +119,13 @@ class CubeSource:
                 live = self._live
                 if live is None or live["pid"] != os.getpid():
                     reader = ChunkReader(self.loc.url, self.layouts, roi_names=self.roi_names,
-                                         storage_options=self.loc.storage_options, threads=1)
+                                         storage_options=self.loc.storage_options,
+                                         threads=task_threads())
                     live = self._live = {"pid": os.getpid(), "reader": reader, "small": {}}
         return live
 
     def reader(self) -> ChunkReader:
-        """This process's chunk reader of the cube (decodes in the calling thread)."""
+        """This process's chunk reader of the cube."""
         return self.live()["reader"]
 
     def small(self, var: str) -> np.ndarray:
@@ -141,6 +142,22 @@ class CubeSource:
             cache[var] = got
         return got
 
+    def frames(self, var: str, roi: int, row: int, col: int, slots: list[int],
+               select: tuple | None = None) -> np.ndarray:
+        """Frames ``(len(slots), ...)`` of ``var`` at one patch, by stored positions.
+
+        ``select`` indexes each decoded frame (e.g. a band subset). A frame the cube records
+        as present whose chunk is missing or damaged raises :class:`~s2cube.errors.ChunkError`.
+        """
+        lay = self.layouts[var]
+        shape = lay.frame_shape if select is None else np.empty(lay.frame_shape, bool)[select].shape
+        out = np.empty((len(slots), *shape), np.dtype(lay.dtype).newbyteorder("="))
+        valid = self.valid(var)
+        self.reader().read([FrameRequest(var, roi, row, col, int(t), out[k], select, None,
+                                         bool(valid[roi, t, row, col]) if valid is not None
+                                         else False) for k, t in enumerate(slots)])
+        return out
+
     def valid(self, var: str) -> np.ndarray | None:
         """``(roi, time, row, col)``: whether each frame of pixel variable ``var`` exists.
 
@@ -151,6 +168,20 @@ class CubeSource:
         if flag not in self.layouts or (var.startswith("cloud_") and not self.clouds):
             return None
         return self.small(flag)
+
+
+def task_threads() -> int:
+    """Decoding threads for reads from tasks: a dask worker's threads, else the cores.
+
+    One per thread that can read at once, so a worker of one thread decodes on one core
+    and the local threaded scheduler's tasks never queue on one another.
+    """
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return max(1, os.cpu_count() or 1)
 
 
 def open_source(url: str | os.PathLike, storage_options: dict | None = None, *,

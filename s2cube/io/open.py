@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 import xarray as xr
@@ -78,8 +79,12 @@ def open_cube(
         chunks = dict(CHUNK_CHOICES[chunks])
     elif chunks is not None and not isinstance(chunks, dict):
         raise ValueError(f"chunks={chunks!r}: use 'series', 'frame', None or a dict of dim sizes")
-    ds = xr.open_dataset(os.fspath(url), engine=S2CubeBackend, chunks=chunks,
-                         storage_options=storage_options, allow_incomplete=allow_incomplete)
+    with warnings.catch_warnings():
+        # "frame" splits the stored shards into their inner chunks, the unit the reader
+        # reads: xarray's warning about separating stored chunks does not apply
+        warnings.filterwarnings("ignore", message=".*separate the stored chunks.*")
+        ds = xr.open_dataset(os.fspath(url), engine=S2CubeBackend, chunks=chunks,
+                             storage_options=storage_options, allow_incomplete=allow_incomplete)
     # xarray chunked the coordinates too; they come from the root metadata: keep them NumPy
     chunked = {k for k in ds.coords if ds[k].chunks is not None}
     if chunked:

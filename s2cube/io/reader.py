@@ -519,8 +519,10 @@ class ChunkReader:
     roi_names
         The cube's ROI labels in stored order (errors name the ROI of a bad chunk).
     threads
-        Decoding threads: 1 decodes in the calling thread (dask tasks, which bring their own
-        parallelism); more decode one request's frames in a pool of this process.
+        Decoding threads of this process. Chunks are always decoded in the reader's own
+        threads, never the caller's: numcodecs' Blosc then uses a private context, not its
+        global thread pool (which is not fork-safe, and would use every core from a dask
+        task given one).
     backend
         For S3: ``"obstore"`` or ``"fsspec"`` (default: ``s2cube.io.storage.backend_of()``).
     """
@@ -547,8 +549,7 @@ class ChunkReader:
             backend = open_backend(self.loc, self.backend)
             # decode in pool threads: numcodecs' Blosc then uses a private context instead of
             # its global thread pool (which is not fork-safe and serialises callers)
-            pool = (ThreadPoolExecutor(self.threads, thread_name_prefix="s2cube-read")
-                    if self.threads > 1 else None)
+            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="s2cube-read")
             st = {"pid": os.getpid(), "backend": backend, "pool": pool, "index": {},
                   "scratch": threading.local()}
             self._state = st
@@ -559,8 +560,7 @@ class ChunkReader:
         st = self._state
         if st is not None and st["pid"] == os.getpid():
             st["backend"].close()
-            if st["pool"] is not None:
-                st["pool"].shutdown(wait=False)
+            st["pool"].shutdown(wait=False)
         self._state = None
 
     # errors ---------------------------------------------------------------------------------
@@ -674,12 +674,15 @@ class ChunkReader:
             jobs = [(r, k, rng, None) for r, k, rng in zip(requests, keys, ranges)]
         else:
             jobs = [(r, k, None, b) for r, k, b in zip(requests, keys, self._fetch(backend, ranges))]
-        if st["pool"] is None or len(jobs) == 1:
-            for job in jobs:
-                self._one(st, *job)
+        if self.threads == 1:  # one pool thread: the whole request in one hop
+            st["pool"].submit(self._many, st, jobs).result()
             return
         for f in [st["pool"].submit(self._one, st, *job) for job in jobs]:
             f.result()
+
+    def _many(self, st, jobs) -> None:
+        for job in jobs:
+            self._one(st, *job)
 
     def _fetch(self, backend, ranges) -> list[bytes | None]:
         """Fetch ranges in one call, merging near-adjacent ranges of one object."""

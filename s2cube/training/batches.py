@@ -3,7 +3,7 @@
 - preprocessing exactly as the reference loader does it (:func:`s2_post`, :func:`s1_post`,
   :func:`mask_post`), run by the reader's decoding threads on each decoded frame;
 - :class:`SampleReader`: the S2, S1 and mask frames of many (patch, slot) pairs of a
-  :class:`~s2cube.training.view.CubeView`, read into stacked ``(B, T, ...)`` arrays;
+  :class:`~s2cube.io.view.CubeView`, read into stacked ``(B, T, ...)`` arrays;
 - :class:`SampleSet`: the samples of a Dataset (any selection of ROIs, slots, bands and
   patches of an ``open_cube`` Dataset) without pixels: index, coverage, dates, plans per
   epoch, the reference's ``coord`` and archive paths;
@@ -27,9 +27,9 @@ from s2cube import schema
 from s2cube.errors import SelectionError
 from s2cube.grid import patch_bounds
 from s2cube.io.reader import FrameRequest, Post
+from s2cube.io.view import CubeView, source_of, view_of
 from s2cube.plans import pairs
 from s2cube.plans import rules as sampling
-from s2cube.training.view import CubeView, source_of, view_of
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class SampleReader:
     Parameters
     ----------
     view
-        The Dataset's frames (:func:`~s2cube.training.view.view_of`); positions given to
+        The Dataset's frames (:func:`~s2cube.io.view.view_of`); positions given to
         :meth:`read` are the Dataset's.
     detector
         Which mask to return (``schema.DETECTORS``), or None for no masks.

@@ -1,13 +1,17 @@
-"""What a Dataset holds, as the loader reads it: its labels resolved into stored frames.
+"""What a Dataset holds, as stored frames: its labels resolved into stored positions.
 
-The loader reads pixels with the chunk reader (not through dask: a training sample needs a
-dozen frames in a few milliseconds), so it must know exactly which stored frames the
-Dataset it is given holds. :func:`view_of` resolves the Dataset's labels — ROI names,
-``time`` labels (slots), ``band`` and ``polarization`` names, ``row``/``col`` patch labels
-and the ``y``/``x`` pixels — into stored positions, and takes the small variables
-(coverage, validity, dates, patch ids) as the Dataset holds them. It refuses what the loader
-cannot honour, saying why: a pixel variable that is not the stored one (computed, renamed,
-cast, from another cube), a crop that cuts patches, labels the cube does not have.
+The verbs that need a few frames of many patches — the training loader, ``baseline`` and
+``evaluate`` — read them with the chunk reader, not through the Dataset's dask graph (whose
+blocks are whole patch series: one frame would cost a series). So they must know exactly
+which stored frames the Dataset they are given holds. :func:`view_of` resolves its labels —
+ROI names, ``time`` labels (slots), ``band`` and ``polarization`` names, ``row``/``col``
+patch labels and the ``y``/``x`` pixels — into stored positions, and takes the small
+variables (coverage, validity, dates, patch ids) as the Dataset holds them. It refuses what
+cannot be read as stored frames, saying why: a pixel variable that is not the stored one
+(computed, renamed, cast, from another cube), a crop that cuts patches, labels the cube
+does not have. Values written over a stored variable while xarray keeps its encoding
+(``roll``, ``shift``, ``copy(data=...)``, item assignment) are not told apart from it: call
+``drop_encoding()`` after such an operation, and these verbs refuse the variable.
 """
 
 from __future__ import annotations
@@ -46,18 +50,27 @@ class CubeView:
     polarization: np.ndarray | None
     variables: frozenset[str]
     patch_size: int
-    patch_id: np.ndarray  # (roi, row, col), -1 where the Dataset holds no patch
-    coverage: np.ndarray  # (roi, time, row, col, detector)
-    valid_s2: np.ndarray
-    valid_s1: np.ndarray
-    blank: np.ndarray
-    s2_date: np.ndarray  # datetime64, NaT where missing
-    s1_date: np.ndarray
+    patch_id: np.ndarray | None  # (roi, row, col), -1 where the Dataset holds no patch
+    coverage: np.ndarray | None  # (roi, time, row, col, detector); None when not asked for
+    valid_s2: np.ndarray | None
+    valid_s1: np.ndarray | None
+    blank: np.ndarray | None
+    s2_date: np.ndarray | None  # datetime64, NaT where missing
+    s1_date: np.ndarray | None
     transform: np.ndarray  # (roi, 6)
 
     @property
     def url(self) -> str:
         return self.source.url
+
+    def band_select(self) -> np.ndarray | slice | None:
+        """The Dataset's bands as an index into a stored S2 frame (None: all, in order)."""
+        if np.array_equal(self.band, np.arange(len(schema.BANDS))):
+            return None
+        pos = np.asarray(self.band, np.int64)
+        if pos.size and (np.diff(pos) == 1).all():
+            return slice(int(pos[0]), int(pos[-1]) + 1)
+        return pos
 
     def describe(self) -> str:
         """A short description of the selection, for messages."""
@@ -122,10 +135,12 @@ def _values(ds: xr.Dataset, name: str, dims: tuple[str, ...]) -> np.ndarray:
     return np.asarray(var.transpose(*dims).values)
 
 
-def view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",)) -> CubeView:
-    """Resolve ``ds`` into stored frames for the loader (see the module docstring).
+def view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",),
+            small: tuple[str, ...] = SMALL) -> CubeView:
+    """Resolve ``ds`` into stored frames (see the module docstring).
 
-    ``variables``: the pixel variables the loader will read (they must be the stored ones).
+    ``variables``: the pixel variables that will be read (they must be the stored ones);
+    ``small``: the small variables to take from the Dataset.
 
     Raises
     ------
@@ -138,10 +153,10 @@ def view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",)) -> CubeView
         ds = ds.expand_dims("roi")
     source = _source(ds, variables)
     p = source.patch_size
-    missing = [v for v in SMALL if v not in ds.variables]
+    missing = [v for v in small if v not in ds.variables]
     if missing:
-        raise SelectionError(f"the Dataset lacks {missing}, which the loader needs to choose "
-                             "samples; keep them in the selection")
+        raise SelectionError(f"the Dataset lacks {missing}, which this verb needs (to choose "
+                             "samples and find their frames); keep them in the selection")
     roi_names = tuple(str(r) for r in schema.as_str(ds["roi"].values))
     roi = _labels_to(list(source.roi_names), np.array(roi_names, dtype=object), "roi", source.url)
     time = np.asarray(ds["time"].values, dtype=np.int64)
@@ -162,22 +177,26 @@ def view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",)) -> CubeView
                           "polarization", source.url)
                if "polarization" in ds.dims else np.arange(len(schema.POLARIZATIONS)))
     held = held_cells(ds, "y", "row", p)[:, None] & held_cells(ds, "x", "col", p)[None, :]
-    pid = _values(ds, "patch_id", ("roi", "row", "col")).astype(np.int64)
-    pid = np.where(held[None], pid, -1)
+    pid = None
+    if "patch_id" in small:
+        pid = np.where(held[None], _values(ds, "patch_id", ("roi", "row", "col")), -1)
     t4 = ("roi", "time", "row", "col")
     transform = np.asarray(ds["transform"].transpose("roi", ...).values, np.float64).reshape(-1, 6)
+
+    def take(name, dims, cast):
+        return _values(ds, name, dims).astype(cast) if name in small else None
+
     return CubeView(
         source=source, roi_names=roi_names, roi=roi, time=time, row=row, col=col, band=band,
         polarization=pol, variables=frozenset(v for v in schema.PIXEL_VARIABLES if v in ds),
         patch_size=p, patch_id=pid,
-        coverage=_values(ds, "coverage", (*t4, "detector")),
-        valid_s2=_values(ds, "valid_s2", t4).astype(bool),
-        valid_s1=_values(ds, "valid_s1", t4).astype(bool),
-        blank=_values(ds, "blank", t4).astype(bool),
-        s2_date=_values(ds, "s2_date", t4).astype("datetime64[D]"),
-        s1_date=_values(ds, "s1_date", t4).astype("datetime64[D]"),
+        coverage=take("coverage", (*t4, "detector"), np.float32),
+        valid_s2=take("valid_s2", t4, bool), valid_s1=take("valid_s1", t4, bool),
+        blank=take("blank", t4, bool),
+        s2_date=take("s2_date", t4, "datetime64[D]"), s1_date=take("s1_date", t4, "datetime64[D]"),
         transform=transform,
     )
+
 
 
 def source_of(cube: Any, storage_options: dict | None = None) -> xr.Dataset:
