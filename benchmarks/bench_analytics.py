@@ -324,8 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             target = (tgt[i, int(s.target), :, ys, xs] if tgt is not None else
                       ds.s2.isel(roi=i, time=int(s.target), y=ys, x=xs).values)
             masks = [ds.cloud_mask.isel(roi=i, time=int(t), y=ys, x=xs).values for t in s.inputs]
-            items.append((target[None, None], [m[None, None] for m in masks],
-                          pred.sel(roi=s.roi).isel(y=ys, x=xs).values[None]))
+            items.append((target, np.stack(masks), pred.sel(roi=s.roi).isel(y=ys, x=xs).values))
         t0 = time.perf_counter()
         for target, masks, prediction in items:
             _score(DETECTOR, target, masks, prediction)

@@ -111,8 +111,8 @@ def s2cube_adapter(cube: str | Path, storage_options: dict | None = None) -> S2C
     values, every chunk's crc32c verified)."""
     import s2cube
     from s2cube import schema
-    from s2cube.training import batches
     from s2cube.io.view import view_of
+    from s2cube.training import batches
 
     detector = "s2cloudless_mask"
     ds = s2cube.open_cube(str(cube), storage_options=storage_options)
