@@ -16,7 +16,7 @@ one run, with the same number of threads, from local disk with the page cache wa
 - **xbatcher** ``BatchGenerator`` over the same cube (``xr.open_zarr``), windows of n + 1
   consecutive slots of one patch (``input_dims={"time": 4, "y": P, "x": P}``).
 
-With ``--s3``, the cube and the archive are uploaded to a loopback SeaweedFS (``s2cube.testing``)
+With ``--s3``, the cube and the archive are uploaded to a loopback SeaweedFS (``tests/servers.py``)
 and read from there: ours through obstore and through s3fs, the GeoTIFF loader by whole-file
 GETs (one per GeoTIFF, concurrent) opened in memory by rasterio.
 
@@ -252,17 +252,23 @@ def run_rasterio_s3(fs, paths, samples, threads, local_root: Path, bucket: str):
     return len(samples) / dt
 
 
-def _pin(pid: int, cpus: str) -> None:
-    """Pin every thread of process ``pid`` to ``cpus`` (``taskset -a``)."""
-    subprocess.run(["taskset", "-a", "-cp", cpus, str(pid)], check=True, capture_output=True)
+def _pin(pid: int, cpus: str, *, check: bool = True) -> None:
+    """Pin every thread of process ``pid`` to ``cpus`` (``taskset -a``; a thread that ends
+    meanwhile makes taskset fail: tried again)."""
+    for _ in range(5):
+        done = subprocess.run(["taskset", "-a", "-cp", cpus, str(pid)], capture_output=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.1)
+    if check:
+        raise RuntimeError(f"taskset could not pin process {pid}: {done.stderr.decode()}")
 
 
 def pinned_s3_rows(data: dict, samples, args) -> list:
     """Local disk vs the loopback S3 server with the server pinned to core 0 and this loader
     to core 1, one decoding thread each: S3 when the server does not share the loader's core."""
     import fsspec
-
-    from s2cube.testing import SeaweedServer
+    from _servers import SeaweedServer
 
     if (os.cpu_count() or 1) < 2:
         return [("S3 pinned: needs 2 cores", 0.0, "-")]
@@ -282,7 +288,7 @@ def pinned_s3_rows(data: dict, samples, args) -> list:
                 rates["s3"].append(run_ours(remote, samples, 1, args.batch, None))
         finally:
             all_cpus = f"0-{(os.cpu_count() or 1) - 1}"
-            _pin(os.getpid(), all_cpus)
+            _pin(os.getpid(), all_cpus, check=False)
     best = {k: max(v) for k, v in rates.items()}
     med = {k: statistics.median(v) for k, v in rates.items()}
     rows.append(("local disk, loader pinned to core 1, 1 decoding thread", best["local"],
@@ -297,8 +303,7 @@ def s3_rows(workdir: Path, data: dict, samples, paths, args, local_raw: float,
             local_rio: float) -> list:
     """Ours (obstore and s3fs backends) and the GeoTIFF loader from a loopback SeaweedFS."""
     import fsspec
-
-    from s2cube.testing import SeaweedServer
+    from _servers import SeaweedServer
 
     rows = []
     with SeaweedServer() as server:

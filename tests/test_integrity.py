@@ -177,3 +177,19 @@ def test_convert_with_verify_rewrites_the_damaged_patches(synthetic_archive, sma
     from s2cube.io.verify import verify_cube
 
     assert verify_cube(cube).ok
+
+
+def test_verify_command_exits_1_listing_the_bad_chunk_and_0_on_a_good_cube(small_cube, tmp_path):
+    from click.testing import CliRunner
+
+    from s2cube.cli import main
+
+    good = CliRunner().invoke(main, ["verify", str(small_cube), "--no-progress"])
+    assert good.exit_code == 0, good.output
+    assert " 0 bad" in good.output
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(small_cube, cube)
+    key = damage(cube, "flipped_byte")
+    bad = CliRunner().invoke(main, ["verify", str(cube), "--no-progress"])
+    assert bad.exit_code == 1
+    assert key in bad.output and "crc32c mismatch" in bad.output and "--verify" in bad.output
