@@ -93,7 +93,8 @@ def _read_frames(args) -> int:
         out = bufs.get((var, len(slots)))
         if out is None:
             out = bufs[(var, len(slots))] = np.empty((len(slots), *lay.frame_shape), lay.dtype)
-        reader.read([FrameRequest(var, roi, row, col, int(t), out[k]) for k, t in enumerate(slots)])
+        reader.read([FrameRequest.at(lay, roi, row, col, int(t), out[k])
+                     for k, t in enumerate(slots)])
         total += out.nbytes
     return total
 

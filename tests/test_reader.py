@@ -203,22 +203,23 @@ def test_frames_equal_zarr_reads_including_missing_frames_and_crops(cube, source
         z = _zarr(cube, var)
         lay = source.layouts[var]
         outs = [np.empty(lay.frame_shape, lay.dtype) for _ in frames]
-        rd.read([reader.FrameRequest(var, i, r, c, t, o) for (i, r, c, t), o in zip(frames, outs)])
+        rd.read([reader.FrameRequest.at(lay, i, r, c, t, o) for (i, r, c, t), o in zip(frames, outs)])
         for (i, r, c, t), o in zip(frames, outs):
             want = z[(i, t, ..., slice(r * 16, r * 16 + 16), slice(c * 16, c * 16 + 16))]
             np.testing.assert_array_equal(o, want)
     crop = np.empty((3, 5, 7), np.uint16)
-    rd.read([reader.FrameRequest("s2", 0, 1, 2, 9, crop, select=([3, 2, 1], slice(3, 8),
-                                                                   slice(8, 15)))])
+    rd.read([reader.FrameRequest.at(source.layouts["s2"], 0, 1, 2, 9, crop,
+                                    select=([3, 2, 1], slice(3, 8), slice(8, 15)))])
     np.testing.assert_array_equal(crop, _zarr(cube, "s2")[0, 9, [3, 2, 1], 19:24, 40:47])
 
 
 def test_shard_index_is_read_once_per_patch_and_only_needed_chunks_are_read(cube, source):
     rd = _reader(cube, source, threads=1)
+    lay = source.layouts["s2"]
     out = np.empty((4, 13, 16, 16), np.uint16)
     with reader.counting() as stats:
-        rd.read([reader.FrameRequest("s2", 0, 0, 0, t, out[k]) for k, t in enumerate((1, 5, 6, 9))])
-        rd.read([reader.FrameRequest("s2", 0, 0, 0, t, out[k]) for k, t in enumerate((2, 3))])
+        rd.read([reader.FrameRequest.at(lay, 0, 0, 0, t, out[k]) for k, t in enumerate((1, 5, 6, 9))])
+        rd.read([reader.FrameRequest.at(lay, 0, 0, 0, t, out[k]) for k, t in enumerate((2, 3))])
     assert stats.requests == 1 + 6  # one shard index (cached), then one read per chunk
     assert stats.chunks == 6
     size = os.path.getsize(cube / "s2" / "c/0/0/0/0/0")
@@ -230,14 +231,14 @@ def test_reader_pickles_without_live_state_and_reopens_per_process(cube, source)
 
     rd = _reader(cube, source, threads=2)
     out = np.empty((13, 16, 16), np.uint16)
-    rd.read([reader.FrameRequest("s2", 0, 0, 0, 0, out)])
+    rd.read([reader.FrameRequest.at(source.layouts["s2"], 0, 0, 0, 0, out)])
     clone = pickle.loads(pickle.dumps(rd))
     assert clone._state is None
     again = np.empty_like(out)
-    clone.read([reader.FrameRequest("s2", 0, 0, 0, 0, again)])
+    clone.read([reader.FrameRequest.at(source.layouts["s2"], 0, 0, 0, 0, again)])
     np.testing.assert_array_equal(out, again)
     rd._state["pid"] = -1  # as seen from a forked child: everything is reopened
-    rd.read([reader.FrameRequest("s2", 0, 0, 0, 0, again)])
+    rd.read([reader.FrameRequest.at(source.layouts["s2"], 0, 0, 0, 0, again)])
     assert rd._state["pid"] == os.getpid()
     rd.close()
     clone.close()
@@ -254,7 +255,7 @@ def test_fsspec_backend_reads_the_same_bytes(cube, source):
             fs.pipe_file("/c1/" + os.path.relpath(local, cube), Path(local).read_bytes())
     rd = reader.ChunkReader("memory://c1", source.layouts, threads=2)
     a = np.empty((3, 2, 16, 16), np.float32)
-    rd.read([reader.FrameRequest("s1", 1, 0, 1, t, a[k]) for k, t in enumerate((0, 1, 2))])
+    rd.read([reader.FrameRequest.at(source.layouts["s1"], 1, 0, 1, t, a[k]) for k, t in enumerate((0, 1, 2))])
     np.testing.assert_array_equal(a, _zarr(cube, "s1")[1, 0:3, :, 0:16, 16:32])
 
 
@@ -281,7 +282,7 @@ def test_incomplete_or_foreign_cubes_are_refused(tmp_path, cube):
 @pytest.fixture(scope="module")
 def s3_cube(cube):
     """The cube on a real S3 server (SeaweedFS on 127.0.0.1), read with read-only credentials."""
-    from s2cube.testing import SeaweedServer, find_weed
+    from servers import SeaweedServer, find_weed
 
     try:
         find_weed()
@@ -312,9 +313,9 @@ def test_object_store_reads_equal_local_reads(cube, source, s3_cube, backend, mo
         want = [np.empty(lay.frame_shape, lay.dtype) for _ in frames]
         got = [np.empty(lay.frame_shape, lay.dtype) for _ in frames]
         local = _reader(cube, source)
-        local.read([reader.FrameRequest(var, *f, o) for f, o in zip(frames, want)])
+        local.read([reader.FrameRequest.at(lay, *f, o) for f, o in zip(frames, want)])
         rd = reader.ChunkReader(url, remote.layouts, storage_options=options, backend=backend)
-        rd.read([reader.FrameRequest(var, *f, o) for f, o in zip(frames, got)])
+        rd.read([reader.FrameRequest.at(lay, *f, o) for f, o in zip(frames, got)])
         assert type(rd._live()["backend"]).__name__.lower().startswith(f"_{backend}")
         for a, b in zip(want, got):
             np.testing.assert_array_equal(a, b)

@@ -69,9 +69,17 @@ class ArrayLayout:
     dims: tuple[str, ...] = ()
 
     @property
+    def lead(self) -> int:
+        """How many leading dims of the inner chunk have size 1 (roi and time, or patch)."""
+        n = 0
+        while n < len(self.chunk) - 1 and self.chunk[n] == 1:
+            n += 1
+        return n
+
+    @property
     def frame_shape(self) -> tuple[int, ...]:
-        """Shape of one frame of a pixel array (the chunk without its roi and time dims)."""
-        return self.chunk[2:]
+        """Shape of one frame: the inner chunk without its leading size-1 dims."""
+        return self.chunk[self.lead:]
 
     @property
     def chunks_per_shard(self) -> tuple[int, ...]:
@@ -93,18 +101,29 @@ class ArrayLayout:
             parts.insert(0, self.prefix)
         return self.separator.join(parts)
 
+    def shard_key(self, chunk: Sequence[int]) -> str:
+        """Key of the shard (or unsharded chunk) holding the inner chunk at grid ``chunk``."""
+        return self.key([int(c) // n for c, n in zip(chunk, self.chunks_per_shard)])
+
+    def position(self, chunk: Sequence[int]) -> int:
+        """Linear position of inner chunk ``chunk`` in its shard's index (C order)."""
+        pos = 0
+        for c, n in zip(chunk, self.chunks_per_shard):
+            pos = pos * n + int(c) % n
+        return pos
+
+    def frame_chunk(self, roi: int, row: int, col: int, slot: int) -> tuple[int, ...]:
+        """Grid coordinates of one frame's inner chunk in a time-series cube's pixel array
+        (``roi, time, [channel,] y, x``; the frame is one patch at one slot)."""
+        return (int(roi), int(slot), *(0,) * (len(self.shape) - 4), int(row), int(col))
+
     def object_key(self, roi: int, row: int, col: int, slot: int) -> str:
-        """Key of the shard (or unsharded chunk) holding one frame of a pixel array."""
-        size = self.shard or self.chunk
-        p = self.chunk[-1]
-        coords = [roi // size[0], slot // size[1]] + [0] * (len(self.shape) - 4)
-        coords += [row * p // size[-2], col * p // size[-1]]
-        return self.key(coords)
+        """Key of the shard (or unsharded chunk) holding one frame of a time-series cube."""
+        return self.shard_key(self.frame_chunk(roi, row, col, slot))
 
     def chunk_in_shard(self, slot: int) -> int:
-        """Linear position of slot ``slot``'s chunk in its shard's index (C order)."""
-        per = self.chunks_per_shard
-        return int(slot % (self.shard or self.chunk)[1]) * math.prod(per[2:])
+        """Position of slot ``slot``'s chunk in its shard's index (time-series cubes)."""
+        return self.position(self.frame_chunk(0, 0, 0, slot))
 
 
 def parse_layout(name: str, meta: dict, *, frames: bool = True) -> ArrayLayout:
@@ -380,7 +399,7 @@ class _ObstoreBackend:
                         _count(key, len(g))
                 for i in other:
                     start, stop = reqs[i][1], reqs[i][2]
-                    rng = ({"suffix": -start} if start < 0 else
+                    rng: Any = ({"suffix": -start} if start < 0 else
                            {"offset": start} if stop is None else (start, stop))
                     res = await obstore.get_async(self.store, key, options={"range": rng})
                     out[i] = await res.bytes_async()
@@ -488,23 +507,28 @@ Post = Callable[[np.ndarray, np.ndarray], None]
 
 @dataclass
 class FrameRequest:
-    """One frame of a pixel array to read into ``out``.
+    """One inner chunk (a frame) of a pixel array to read into ``out``.
 
-    ``roi``, ``row``, ``col``, ``slot`` are stored positions. ``select`` is an index applied
-    to the decoded frame (e.g. bands and a window) before it is copied, or handed to
+    ``chunk`` is the inner chunk's coordinates on the array's chunk grid (for a time-series
+    cube: :meth:`ArrayLayout.frame_chunk`, or :meth:`at`). ``select`` is an index applied to
+    the decoded frame (e.g. bands and a window) before it is copied, or handed to
     ``post(frame, out)``; without either, the frame is decoded straight into ``out``.
     ``expect``: the cube says this frame exists, so an absent chunk is an error, not fill.
     """
 
     var: str
-    roi: int
-    row: int
-    col: int
-    slot: int
+    chunk: tuple[int, ...]
     out: np.ndarray
     select: tuple | None = None
     post: Post | None = None
     expect: bool = False
+
+    @classmethod
+    def at(cls, layout: ArrayLayout, roi: int, row: int, col: int, slot: int, out: np.ndarray,
+           select: tuple | None = None, post: Post | None = None,
+           expect: bool = False) -> FrameRequest:
+        """The frame of a time-series cube at (ROI, patch row, patch col, slot), stored positions."""
+        return cls(layout.name, layout.frame_chunk(roi, row, col, slot), out, select, post, expect)
 
 
 class ChunkReader:
@@ -567,22 +591,42 @@ class ChunkReader:
     def _where(self, var: str, key: str) -> str:
         return f"{self.loc.url}/{var}/{key}"
 
+    def describe(self, var: str, chunk: Sequence[int]) -> tuple[str, dict]:
+        """Where inner chunk ``chunk`` of ``var`` is, in words and as ChunkError fields."""
+        lay = self.layouts[var]
+        at = dict(zip(lay.dims, chunk))
+        fields: dict[str, Any] = {}
+        words = []
+        if "roi" in at:
+            i = int(at["roi"])
+            fields["roi"] = self.roi_names[i] if i < len(self.roi_names) else f"#{i}"
+            words.append(f"ROI {fields['roi']}")
+        if "patch" in at:
+            k = int(at["patch"])
+            fields["roi"] = self.roi_names[k] if k < len(self.roi_names) else f"#{k}"
+            words.append(f"patch {fields['roi']}")
+        if "time" in at:
+            fields["slot"] = int(at["time"])
+            words.append(f"slot {fields['slot']}")
+        if "y" in at and "x" in at and "roi" in at:
+            fields["row"], fields["col"] = int(at["y"]), int(at["x"])
+            words.append(f"patch (row {fields['row']}, col {fields['col']})")
+        return ", ".join(words) or f"chunk {tuple(chunk)}", fields
+
     def chunk_error(self, reason: str, req: FrameRequest, key: str, detail: str = "") -> ChunkError:
         """A :class:`ChunkError` naming the frame of ``req`` and its storage key."""
-        roi = self.roi_names[req.roi] if req.roi < len(self.roi_names) else f"#{req.roi}"
+        where, fields = self.describe(req.var, req.chunk)
         what = {"checksum": "fails its crc32c checksum",
                 "decode": "cannot be decoded",
                 "truncated": "is truncated",
                 "index": "has a damaged shard index",
                 "missing": "is missing although the cube records the frame as present"}[reason]
         return ChunkError(
-            f"{req.var} of ROI {roi}, slot {req.slot}, patch (row {req.row}, col {req.col}) "
-            f"{what}{': ' + detail if detail else ''} (key {self._where(req.var, key)}). "
-            "The cube is damaged: run `s2cube verify CUBE` to list every bad chunk, then "
-            "convert the archive again into it (`s2cube convert ARCHIVE CUBE --verify` "
-            "rewrites the patches that hold them)",
-            variable=req.var, roi=roi, slot=req.slot, row=req.row, col=req.col,
-            key=f"{req.var}/{key}", reason=reason)
+            f"{req.var} of {where} {what}{': ' + detail if detail else ''} (key "
+            f"{self._where(req.var, key)}). The cube is damaged: run `s2cube verify CUBE` to "
+            "list every bad chunk, then convert the archive again into it (`s2cube convert "
+            "ARCHIVE CUBE --verify` rewrites the patches that hold them)",
+            variable=req.var, key=f"{req.var}/{key}", reason=reason, **fields)
 
     # shard indexes --------------------------------------------------------------------------
     def shard_index(self, var: str, key: str) -> np.ndarray | str | None:
@@ -652,7 +696,7 @@ class ChunkReader:
         if not requests:
             return
         st = self._live()
-        keys = [self.layouts[r.var].object_key(r.roi, r.row, r.col, r.slot) for r in requests]
+        keys = [self.layouts[r.var].shard_key(r.chunk) for r in requests]
         sharded = [(r.var, k) for r, k in zip(requests, keys) if self.layouts[r.var].shard]
         index = self._indices(sharded) if sharded else {}
         ranges: list[tuple[str, int, int | None] | None] = []
@@ -667,11 +711,12 @@ class ChunkReader:
             if idx is None:
                 ranges.append(None)
                 continue
-            off, nbytes = (int(v) for v in idx[lay.chunk_in_shard(r.slot)])
+            off, nbytes = (int(v) for v in idx[lay.position(r.chunk)])
             ranges.append(None if off == MAX_UINT_64 else (f"{r.var}/{key}", off, off + nbytes))
         backend = st["backend"]
         if isinstance(backend, _LocalBackend):
-            jobs = [(r, k, rng, None) for r, k, rng in zip(requests, keys, ranges)]
+            jobs: list[tuple[Any, ...]] = [(r, k, rng, None)
+                                           for r, k, rng in zip(requests, keys, ranges)]
         else:
             jobs = [(r, k, None, b) for r, k, b in zip(requests, keys, self._fetch(backend, ranges))]
         if self.threads == 1:  # one pool thread: the whole request in one hop
@@ -684,7 +729,7 @@ class ChunkReader:
         for job in jobs:
             self._one(st, *job)
 
-    def _fetch(self, backend, ranges) -> list[bytes | None]:
+    def _fetch(self, backend, ranges) -> list[bytes | memoryview | None]:
         """Fetch ranges in one call, merging near-adjacent ranges of one object."""
         wanted = sorted((rng[0], rng[1], rng[2], i) for i, rng in enumerate(ranges)
                         if rng is not None)
@@ -697,7 +742,7 @@ class ChunkReader:
             else:
                 merged.append([key, start, stop, [(i, start, stop)]])
         got = backend.read_many([(m[0], m[1], m[2]) for m in merged])
-        out: list[bytes | None] = [None] * len(ranges)
+        out: list[bytes | memoryview | None] = [None] * len(ranges)
         for m, data in zip(merged, got):
             if data is None:
                 continue
@@ -737,7 +782,7 @@ class ChunkReader:
                 raise self.chunk_error("truncated", req, key,
                                        f"{len(data)} of {stop - start} bytes")
         direct = (req.select is None and req.post is None and req.out.dtype == np.dtype(lay.dtype)
-                  and req.out.flags.c_contiguous and req.out.shape == lay.frame_shape)
+                  and req.out.flags.c_contiguous and req.out.size == math.prod(lay.frame_shape))
         frame = req.out if direct else self._scratch(st, lay.frame_shape, lay.dtype)
         if data is None:
             if req.expect:
