@@ -28,7 +28,7 @@ measures, per backend (``s2cube.io.storage`` with ``backend="fsspec"`` or ``"obs
            targets (< 0.5 s, <= 5 requests).
 - retry:   what retries cost the loader when S3 fails some requests: bench_loader's S3 row
            (its 256 px cube and samples, ``SampleReader`` raw, 2 threads, batch 8) read
-           directly, through a loopback proxy (``s2cube.testing.FaultyS3Proxy``) that
+           directly, through a loopback proxy (``FaultyS3Proxy`` of ``tests/servers.py``) that
            forwards everything, and through the same proxy failing ``--fail-rate`` of the
            requests with S3's 503 SlowDown; interleaved runs, samples/s over the time in
            ``read``. Prints the requests and failures per run, the proxy's own overhead
@@ -187,10 +187,10 @@ def _fresh_s2cube_state() -> None:
 
 
 def bench_open(server, tmp: Path, runs: int) -> dict:
+    from _servers import FaultyS3Proxy
     from dask.distributed import Client
 
     import s2cube
-    from s2cube.testing import FaultyS3Proxy
     from s2cube_conversion import convert
     from s2cube_conversion.synth import synthesize_archive
 
@@ -263,9 +263,9 @@ def bench_retry(server, args) -> dict:
     import tempfile
 
     import bench_loader  # the loader benchmark's cube, samples and reader (benchmarks/)
+    from _servers import FaultyS3Proxy
 
     from s2cube.io import storage
-    from s2cube.testing import FaultyS3Proxy
     from s2cube_conversion.synth import DEFAULT_ROIS
 
     grid = tuple(int(v) for v in args.retry_grid.split("x"))
@@ -408,7 +408,7 @@ def main() -> None:
     args = ap.parse_args()
     args.sections = args.sections or ["zarr", "objects", "convert", "open", "retry"]
 
-    from s2cube.testing import SeaweedServer
+    from _servers import SeaweedServer
 
     report: dict = {}
     starts = []

@@ -21,6 +21,7 @@ from s2cube import __version__, schema
 from s2cube.errors import ConversionError
 from s2cube.io.storage import Location, check_access, parse_location, redact
 from s2cube_conversion.discover import Problem, discover
+from s2cube_conversion.lock import CubeLock
 from s2cube_conversion.patch import Job, convert_patch
 from s2cube_conversion.plan import PatchTask, patch_georef, plan
 from s2cube_conversion.write import begin, check_target, finalize, read_records
@@ -78,6 +79,7 @@ def convert(
     progress: Progress | None = None,
     client=None,
     verify: bool = False,
+    break_lock: bool = False,
 ) -> ConvertReport:
     """Convert the archive at ``source`` (or the selected part) into the cube at ``cube``.
 
@@ -100,7 +102,25 @@ def convert(
     verify
         Check every chunk of the patch locations already in the cube (checksums, missing
         frames) and convert again those that hold a bad chunk (``s2cube verify`` lists them).
+    break_lock
+        Take over the cube's lock even if the conversion holding it may still be running
+        (when it is known to be gone, it is taken over without this).
+
+    Raises
+    ------
+    CubeLockedError
+        Another conversion is writing the cube (a :class:`ConversionError`; nothing was
+        written). See :mod:`s2cube_conversion.lock`.
     """
+    from s2cube_conversion import cr_archive, cr_convert  # SEN12MS-CR: its own layout and kind
+
+    if cr_archive.is_cr_archive(source, source_storage_options or storage_options):
+        return cr_convert.convert(
+            source, cube, selection=selection, s1=s1, clouds=clouds, cloud_method=cloud_method,
+            s1_dtype=s1_dtype, scheduler=scheduler, n_workers=n_workers,
+            threads_per_worker=threads_per_worker, storage_options=storage_options,
+            source_storage_options=source_storage_options, progress=progress, client=client,
+            verify=verify, break_lock=break_lock)
     started = time.perf_counter()
     src = parse_location(source, source_storage_options or storage_options)
     dst = parse_location(cube, storage_options)
@@ -108,35 +128,40 @@ def convert(
         check_access(src)
     if not dst.is_local:
         check_access(dst, write=True)
-    existing = check_target(dst) or {}  # fail fast, before reading any header
-    inventory = discover(src, rois=(selection or Selection()).roi_names(), s1=s1)
-    the_plan = plan(inventory, src)
-    detector = _detector(clouds, cloud_method, threads_per_worker)
-    attrs = _attrs(inventory, selection, s1, detector)
-    attrs["created"] = existing.get("created", attrs["updated"])  # the first run's time stays
-    grids = list(the_plan.grids.values())
-    if s1_dtype not in ("auto", "float32", "float64"):
-        raise ValueError(f"s1_dtype {s1_dtype!r} is not one of auto, float32, float64")
-    if s1_dtype == "auto":
-        s1_dtype = choose_s1_dtype(src, the_plan) if s1 else "float32"
-    layout, s1_dtype = begin(dst, grids, the_plan.patch_size, attrs, s1_dtype=s1_dtype)
-    done = read_records(dst)
-    todo = [t for t in the_plan.tasks if not _is_done(done.get(f"{t.roi}/{t.row}_{t.col}"), s1)]
-    if verify:
-        todo += _damaged(dst, [t for t in the_plan.tasks if t not in todo], client, scheduler,
-                         n_workers, threads_per_worker)
-    logger.info("%d patch locations, %d already converted, %d to do",
-                len(the_plan.tasks), len(the_plan.tasks) - len(todo), len(todo))
-    job = Job(uuid.uuid4().hex, src, dst, dict(the_plan.grids),
-              {g.roi: i for i, g in enumerate(layout)}, s1, detector, s1_dtype, threads_per_worker)
-    if todo:
-        with dask_client(client, scheduler, n_workers, threads_per_worker) as c:
-            _run_tasks(c, job, todo, progress, storage_options)
-    missing = set(t.key for t in todo) - set(read_records(dst))
-    if missing:
-        raise ConversionError(f"{len(missing)} patch location(s) finished without a journal record "
-                              f"(e.g. {sorted(missing)[0]}); run the same command again to redo them")
-    problems = finalize(dst, layout, the_plan.patch_size, attrs)
+    check_target(dst)  # fail fast, before taking the lock or reading any header
+    run_id = uuid.uuid4().hex
+    with CubeLock(dst, run_id, break_lock=break_lock) as lock:  # a second conversion stops here
+        existing = check_target(dst) or {}
+        inventory = discover(src, rois=(selection or Selection()).roi_names(), s1=s1)
+        the_plan = plan(inventory, src)
+        detector = _detector(clouds, cloud_method, threads_per_worker)
+        attrs = _attrs(inventory, selection, s1, detector)
+        attrs["created"] = existing.get("created", attrs["updated"])  # the first run's time stays
+        grids = list(the_plan.grids.values())
+        if s1_dtype not in ("auto", "float32", "float64"):
+            raise ValueError(f"s1_dtype {s1_dtype!r} is not one of auto, float32, float64")
+        if s1_dtype == "auto":
+            s1_dtype = choose_s1_dtype(src, the_plan) if s1 else "float32"
+        layout, s1_dtype = begin(dst, grids, the_plan.patch_size, attrs, s1_dtype=s1_dtype)
+        done = read_records(dst)
+        todo = [t for t in the_plan.tasks
+                if not _is_done(done.get(f"{t.roi}/{t.row}_{t.col}"), s1)]
+        if verify:
+            todo += _damaged(dst, [t for t in the_plan.tasks if t not in todo], client, scheduler,
+                             n_workers, threads_per_worker)
+        logger.info("%d patch locations, %d already converted, %d to do",
+                    len(the_plan.tasks), len(the_plan.tasks) - len(todo), len(todo))
+        job = Job(run_id, src, dst, dict(the_plan.grids), {g.roi: i for i, g in enumerate(layout)},
+                  s1, detector, s1_dtype, threads_per_worker)
+        if todo:
+            with dask_client(client, scheduler, n_workers, threads_per_worker) as c:
+                _run_tasks(c, job, todo, progress, storage_options)
+        missing = set(t.key for t in todo) - set(read_records(dst))
+        if missing:
+            raise ConversionError(f"{len(missing)} patch location(s) finished without a journal "
+                                  f"record (e.g. {sorted(missing)[0]}); run the same command "
+                                  "again to redo them")
+        problems = finalize(dst, layout, the_plan.patch_size, attrs, lock=lock)
     problems.update({p.path: p.message for p in inventory.problems})
     return ConvertReport(dst.url, len(the_plan.tasks), len(todo), len(the_plan.tasks) - len(todo),
                          time.perf_counter() - started, dict(sorted(problems.items())),

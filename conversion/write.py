@@ -5,6 +5,9 @@ The life of a cube, each step safe to interrupt:
 1. :func:`begin` marks the root ``s2cube_state = "writing"`` (dropping consolidated
    metadata) and records the layout (ROIs and their grids) in the root attrs, then
    creates or grows the pixel arrays. A cube in this state is never opened as complete.
+   The conversion holds the cube's lock (:class:`~s2cube_conversion.lock.CubeLock`)
+   from before this step to the end, and every update of the root ``zarr.json`` is a
+   compare-and-swap (:func:`update_root`).
 2. Workers write each patch location's shards, then its journal record (a small JSON
    under ``_s2cube_journal/``) as the very last step: a patch without a record is
    redone on resume, so a kill mid-shard costs only that patch.
@@ -18,7 +21,10 @@ import contextlib
 import json
 import logging
 import os
+import random
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +34,7 @@ from s2cube import schema
 from s2cube.errors import ConversionError, NotACubeError
 from s2cube.grid import RoiGrid
 from s2cube.io.storage import Location, filesystem, zarr_store
+from s2cube_conversion.lock import LOCK_KEY, Conflict, CubeLock, cas_store
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +77,56 @@ def read_root(cube: Location) -> dict | None:
 
 
 def write_root(cube: Location, meta: dict) -> None:
-    """Replace the root ``zarr.json`` atomically (rename locally, one PUT on object stores)."""
+    """Replace the root ``zarr.json`` atomically (rename locally, one PUT on object stores).
+
+    Unconditional: the converter itself updates the root with :func:`update_root`.
+    """
     data = json.dumps(meta, indent=2, allow_nan=False).encode()
     put_bytes(cube, ROOT_META, data)
+
+
+#: compare-and-swap attempts of one root update before giving up
+ROOT_CAS_ATTEMPTS = 8
+
+
+def update_root(cube: Location, change: Callable[[dict | None], dict]) -> dict:
+    """Read-modify-write the root ``zarr.json`` as a compare-and-swap.
+
+    ``change(meta)`` gets the current root (None when there is none) and returns the new
+    one. The write goes through only if the root is still what was read (S3: ``If-Match``
+    on its ETag, or ``If-None-Match: *`` to create it; local disk: an exclusive create,
+    or a replace under an ``O_EXCL`` mutex, see :mod:`s2cube_conversion.lock`);
+    otherwise the root is read again and ``change`` applied to it, a few times.
+
+    Returns
+    -------
+    dict
+        The root as written.
+
+    Raises
+    ------
+    ConversionError
+        The root kept changing under this conversion (another program writes the cube).
+    """
+    store = cas_store(cube)
+    for attempt in range(ROOT_CAS_ATTEMPTS):
+        current = store.read(ROOT_META)
+        meta = None if current.data is None else json.loads(current.data)
+        new = change(meta)
+        data = json.dumps(new, indent=2, allow_nan=False).encode()
+        try:
+            if current.version is None:
+                store.create(ROOT_META, data)
+            else:
+                store.replace(ROOT_META, data, current.version)
+            return new
+        except Conflict:
+            logger.info("%s/%s changed while this conversion updated it; reading it again",
+                        cube.url, ROOT_META)
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+    raise ConversionError(f"{cube.url}/{ROOT_META} kept changing while this conversion updated "
+                          "it: another program is writing this cube; stop it, then run the same "
+                          "command again (it resumes)")
 
 
 def put_bytes(cube: Location, key: str, data: bytes) -> None:
@@ -102,6 +156,11 @@ def check_target(cube: Location) -> dict | None:
             raise NotACubeError(f"{cube.url} exists and is not an s2cube cube; choose a new "
                                 "path for the cube or delete what is there")
         return None
+    return _cube_attrs(cube, meta)
+
+
+def _cube_attrs(cube: Location, meta: dict) -> dict:
+    """The root attrs of ``meta`` if it is an s2cube cube's root; NotACubeError otherwise."""
     attrs = meta.get("attributes", {})
     if attrs.get("title") != schema.TITLE or "schema_version" not in attrs:
         raise NotACubeError(f"{cube.url} holds another Zarr dataset ({attrs.get('title')!r}), "
@@ -118,7 +177,10 @@ def _holds_anything(cube: Location) -> bool:
     except FileNotFoundError:
         return False
     own = cube.path.rstrip("/")
-    return any(p.rstrip("/") != own and ".s2cube-write-probe-" not in p for p in found)
+    lock = f"{own}/{LOCK_KEY}"  # a conversion that starts (or crashed) before the root exists
+    root = f"{own}/{ROOT_META}."  # the root being created: its temporary file, its mutex
+    return any(p.rstrip("/") != own and ".s2cube-write-probe-" not in p
+               and not p.startswith((lock, root)) for p in found)
 
 
 def begin(
@@ -131,39 +193,23 @@ def begin(
     """
     import zarr
 
-    existing = check_target(cube)
-    layout: dict[str, RoiGrid] = {}
-    if existing is not None:
-        if existing.get("patch_size") != patch_size:
-            raise ConversionError(f"{cube.url} holds {existing.get('patch_size')}-pixel patches, "
-                                  f"the archive has {patch_size}; convert into a new cube")
-        for g in existing.get("grids", []):
-            layout[g["roi"]] = RoiGrid.from_record(g, patch_size)
-    for g in grids:
-        old = layout.get(g.roi)
-        if old is not None and not old.same_layout(g):
-            raise ConversionError(f"{g.roi} is in {cube.url} with another grid "
-                                  f"({old.n_rows}×{old.n_cols} patches, EPSG:{old.epsg}) than the "
-                                  f"archive's ({g.n_rows}×{g.n_cols}, EPSG:{g.epsg}); convert into "
-                                  "a new cube")
-        layout.setdefault(g.roi, g)
-    records = list(layout.values())
-    root_attrs = {**(existing or {}), **attrs, "patch_size": patch_size,
-                  "grids": [g.record() for g in records], schema.ATTR_STATE: schema.STATE_WRITING}
+    check_target(cube)
+    merged: list[list[RoiGrid]] = []
+
+    def writing(meta: dict | None) -> dict:  # applied to the root as it is when written
+        existing = None if meta is None else _cube_attrs(cube, meta)
+        layout = _merge_layout(cube, existing, grids, patch_size)
+        merged[:] = [layout]
+        new = {"zarr_format": 3, "node_type": "group", **(meta or {})}
+        new.pop("consolidated_metadata", None)
+        new["attributes"] = {**(existing or {}), **attrs, "patch_size": patch_size,
+                             "grids": [g.record() for g in layout],
+                             schema.ATTR_STATE: schema.STATE_WRITING}
+        return new
+
+    update_root(cube, writing)  # creates the root of a new cube, exclusively
+    records = merged[0]
     store = zarr_store(cube)
-    if existing is None:
-        try:
-            zarr.open_group(store, mode="w-", zarr_format=3, attributes=root_attrs)
-        except (FileExistsError, zarr.errors.ContainsGroupError) as exc:
-            # another conversion created the cube a moment ago: both write identical data
-            if check_target(cube) is None:
-                raise ConversionError(f"{cube.url} appeared while starting; run again") from exc
-            existing = root_attrs
-    if existing is not None:
-        meta = read_root(cube) or {}
-        meta.pop("consolidated_metadata", None)
-        meta["attributes"] = root_attrs
-        write_root(cube, meta)
     # the journal's folder is an (empty) zarr group, so that tools walking the hierarchy
     # (xr.open_zarr(consolidated=False), zarr.open_group().members()) see no stray object
     put_bytes(cube, f"{schema.JOURNAL_PREFIX}/{ROOT_META}", JOURNAL_GROUP)
@@ -197,6 +243,27 @@ def begin(
                                       f"starting with another layout ({var} {other.shape}, "
                                       f"here {shape}); wait for it, then run again") from exc
     return records, s1_dtype
+
+
+def _merge_layout(cube: Location, existing: dict | None, grids: list[RoiGrid],
+                  patch_size: int) -> list[RoiGrid]:
+    """The cube's ROIs (its own first, in cube order) with ``grids`` added; refuses a clash."""
+    layout: dict[str, RoiGrid] = {}
+    if existing is not None:
+        if existing.get("patch_size") != patch_size:
+            raise ConversionError(f"{cube.url} holds {existing.get('patch_size')}-pixel patches, "
+                                  f"the archive has {patch_size}; convert into a new cube")
+        for g in existing.get("grids", []):
+            layout[g["roi"]] = RoiGrid.from_record(g, patch_size)
+    for g in grids:
+        old = layout.get(g.roi)
+        if old is not None and not old.same_layout(g):
+            raise ConversionError(f"{g.roi} is in {cube.url} with another grid "
+                                  f"({old.n_rows}×{old.n_cols} patches, EPSG:{old.epsg}) than the "
+                                  f"archive's ({g.n_rows}×{g.n_cols}, EPSG:{g.epsg}); convert into "
+                                  "a new cube")
+        layout.setdefault(g.roi, g)
+    return list(layout.values())
 
 
 def _created_meanwhile() -> tuple[type[BaseException], ...]:
@@ -253,8 +320,9 @@ def read_records(cube: Location) -> dict[str, PatchRecord]:
     fs = filesystem(cube)
     base = f"{cube.path}/{schema.JOURNAL_PREFIX}"
     try:
+        lock = f"{cube.path}/{LOCK_KEY}"
         paths = [p for p in fs.find(base)
-                 if p.endswith(".json") and p.rsplit("/", 1)[-1] != ROOT_META]
+                 if p.endswith(".json") and p.rsplit("/", 1)[-1] != ROOT_META and p != lock]
     except FileNotFoundError:
         return {}
     out: dict[str, PatchRecord] = {}
@@ -374,10 +442,12 @@ def _write_small(store: Any, small: Any) -> None:
                                       encoding=encoding)
 
 
-def finalize(cube: Location, layout: list[RoiGrid], patch_size: int, attrs: dict) -> dict:
+def finalize(cube: Location, layout: list[RoiGrid], patch_size: int, attrs: dict,
+             lock: CubeLock | None = None) -> dict:
     """Write the small variables and coordinates from the journal, then mark the cube complete.
 
-    Returns the journal records' problems as ``{path: message}``.
+    Returns the journal records' problems as ``{path: message}``. With ``lock`` (the
+    conversion's), stops with a :class:`ConversionError` if another conversion took it over.
     """
     import zarr
 
@@ -395,16 +465,31 @@ def finalize(cube: Location, layout: list[RoiGrid], patch_size: int, attrs: dict
                                       "cube's small variables; wait for it, then run again "
                                       "(it resumes)") from exc
     problems = {p: m for rec in records.values() for p, m in rec.problems}
-    meta = read_root(cube) or {}
-    meta.pop("consolidated_metadata", None)
-    # xarray just wrote a global "coordinates" attr (transform, wavelength): keep it
-    meta["attributes"] = {**root_attrs, **meta.get("attributes", {}), **attrs,
-                          "problems": [{"path": p, "message": m} for p, m in sorted(problems.items())],
-                          schema.ATTR_STATE: schema.STATE_WRITING}
-    write_root(cube, meta)
+
+    def with_attrs(meta: dict | None) -> dict:
+        meta = dict(meta or {})
+        meta.pop("consolidated_metadata", None)
+        # xarray just wrote a global "coordinates" attr (transform, wavelength): keep it
+        meta["attributes"] = {**root_attrs, **meta.get("attributes", {}), **attrs,
+                              "problems": [{"path": p, "message": m}
+                                           for p, m in sorted(problems.items())],
+                              schema.ATTR_STATE: schema.STATE_WRITING}
+        return meta
+
+    def complete(meta: dict | None) -> dict:
+        if not (meta or {}).get("consolidated_metadata"):
+            raise ConversionError(f"{cube.url}/{ROOT_META} changed while this conversion "
+                                  "finalised it (another program writes the cube); stop it, "
+                                  "then run the same command again (it resumes)")
+        meta["attributes"][schema.ATTR_STATE] = schema.STATE_COMPLETE
+        return meta
+
+    if lock is not None:
+        lock.check()
+    update_root(cube, with_attrs)
     with _quiet():
         zarr.consolidate_metadata(store)
-    meta = read_root(cube) or {}
-    meta["attributes"][schema.ATTR_STATE] = schema.STATE_COMPLETE
-    write_root(cube, meta)
+    if lock is not None:
+        lock.check()  # never mark complete a cube another conversion has taken over
+    update_root(cube, complete)
     return problems

@@ -2,9 +2,10 @@
 
 Thin by design (rioxarray's model): it holds only the Dataset, every method is one line
 delegating to a plain function in a module named for its concept, and nothing computes
-except the verbs that say so (``quicklook``, ``evaluate``, and the tables ``patch_table``
-/ ``sample_plan``, which read only small arrays). Every verb works on exactly the ROIs,
-slots (by ``time`` label), bands and patches of the Dataset it is called on.
+except the verbs that say so (``quicklook``, ``evaluate``, ``evaluate_series``, and the
+tables ``patch_table`` / ``sample_plan`` / ``series_plan``, which read only small arrays).
+Every verb works on exactly the ROIs, slots (by ``time`` label), bands and patches of the
+Dataset it is called on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pandas as pd
 import xarray as xr
 
 from s2cube import select
-from s2cube.analysis import baselines, evaluate, georef, indices, quicklook, stats
+from s2cube.analysis import baselines, evaluate, georef, indices, pairing, quicklook, series, stats
+from s2cube.plans import series as series_plans
 from s2cube.plans import table
 from s2cube.training import batches
 
@@ -29,9 +31,10 @@ class S2CubeAccessor:
         self._ds = ds
 
     # selection ------------------------------------------------------------------------
-    def sel_split(self, split: str) -> xr.Dataset:
-        """The ROIs of a split (``train``/``val``/``test``/``all``)."""
-        return select.sel_split(self._ds, split)
+    def sel_split(self, split: str, **options: Any) -> xr.Dataset:
+        """The ROIs of a split (``train``/``val``/``test``/``all``); on a SEN12MS-CR cube the
+        patches of its scenes (``split_mode="exact"``/``"reference"``/``"combined"``)."""
+        return select.sel_split(self._ds, split, **options)
 
     def sel_region(self, region: str) -> xr.Dataset:
         """The ROIs of a region (``africa``, ``america``, ``asiaEast``, ``asiaWest``, ``europa``)."""
@@ -45,9 +48,9 @@ class S2CubeAccessor:
         """Lazy ``(roi, time, row, col)``: valid, non-blank frames with coverage ≤ threshold."""
         return select.clear_frames(self._ds, detector, threshold)
 
-    def patch_table(self, split: str = "all", region: str = "all") -> pd.DataFrame:
+    def patch_table(self, split: str = "all", region: str = "all", **options: Any) -> pd.DataFrame:
         """The patches this Dataset holds, in the reference sample order (reads ``patch_id``)."""
-        return select.patch_table(self._ds, split, region)
+        return select.patch_table(self._ds, split, region, **options)
 
     def patches(self, variables: Sequence[str] | None = None) -> xr.Dataset:
         """The flat ``(patch, time, band, py, px)`` view in sample order, lazy, no copy."""
@@ -64,8 +67,15 @@ class S2CubeAccessor:
 
     # training ---------------------------------------------------------------------------
     def batches(self, **options: Any):
-        """Seq2point/seq2seq NumPy batches of exactly this Dataset (see ``batches.iter_batches``)."""
+        """Seq2point/seq2seq NumPy batches of exactly this Dataset (see ``batches.iter_batches``;
+        SEN12MS-CR cubes: ``crsamples.iter_batches``)."""
         return batches.iter_batches(self._ds, **options)
+
+    # pairing the two data sets --------------------------------------------------------------
+    def pair(self, other: Any, *, min_overlap: float = 0.0, **options: Any) -> pd.DataFrame:
+        """SEN12MS-CR-TS patches and the SEN12MS-CR patches on the same ground (same CRS,
+        overlapping bounds, overlap shares), whichever of the two this Dataset is."""
+        return pairing.pair(self._ds, other, min_overlap=min_overlap, **options)
 
     # masks and statistics ---------------------------------------------------------------
     def reflectance(self, clip: bool = False) -> xr.DataArray:
@@ -117,3 +127,16 @@ class S2CubeAccessor:
     def evaluate(self, predictions: Any, plan: Any = None, **options: Any) -> evaluate.Evaluation:
         """Score predictions against the plan's targets (computes, in parallel)."""
         return evaluate.evaluate(self._ds, predictions, plan, **options)
+
+    # seq2seq: series plans, series baselines and their evaluation ---------------------------
+    def series_plan(self, **options: Any) -> pd.DataFrame:
+        """Seq2seq series with synthetic gaps, as a plan by label (reads coverage only)."""
+        return series_plans.series_plan(self._ds, **options)
+
+    def series_baseline(self, plan: Any, method: str = "linear", **options: Any) -> xr.DataArray:
+        """Nearest, linear or median reconstructions of a series plan, as a lazy cube."""
+        return series.series_baseline(self._ds, plan, method, **options)
+
+    def evaluate_series(self, predictions: Any, plan: Any) -> series.SeriesEvaluation:
+        """Score series predictions on the plan's gapped, clear pixels (computes, in parallel)."""
+        return series.evaluate_series(self._ds, predictions, plan)

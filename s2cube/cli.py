@@ -7,10 +7,12 @@ here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -31,24 +33,87 @@ def _options(pairs: tuple[str, ...]) -> dict | None:
     return out or None
 
 
-def _storage_failure(exc: OSError, urls: tuple[str, ...], options: dict | None) -> Exception:
+def _storage_failure(exc: OSError, urls: tuple[str, ...], options: dict | None,
+                     action: str | None = None) -> Exception:
     """An object-store failure as a :class:`StorageError` naming what to fix, if it is one."""
     from s2cube.io.storage import parse_location, storage_error
 
     for url in urls:
         loc = parse_location(url, options)
         if not loc.is_local:
-            err = storage_error(exc, loc, action="write" if url == urls[-1] else "read")
+            err = storage_error(exc, loc,
+                                action=action or ("write" if url == urls[-1] else "read"))
             if err is not None:
                 return err
     return exc
 
 
-def _fail(exc: Exception, options: dict | None = None) -> None:
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR):
+    """Hold back a library logger's notices a command reports in its own words."""
+    log = logging.getLogger(name)
+    old = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
+def _writer(loc) -> str:
+    """What to do about an unfinished cube: whether a conversion is writing it now."""
+    again = "run the same `s2cube convert` command again to finish it (it resumes)"
+    try:
+        from s2cube_conversion.lock import describe_lock
+
+        holder = describe_lock(loc)
+    except Exception:  # only a hint: the converter may not be installed
+        holder = None
+    if holder is None:
+        return f"if no conversion is running, {again}"
+    if holder.startswith("a conversion is writing"):
+        return f"{holder}; wait for it to finish"
+    return f"{holder}; {again}"
+
+
+def _fail(exc: Exception, options: dict | None = None, code: int = 2) -> None:
     from s2cube.io.storage import redact
 
     click.echo(f"error: {redact(str(exc), options)}", err=True)
-    sys.exit(2)
+    sys.exit(code)
+
+
+class _Bar:
+    """A progress bar that appears at the first finished patch and prints its last state once.
+
+    Nothing is printed before there is progress to show (a command that fails early shows
+    only its error), the final state is printed by :meth:`close` alone, and a failed
+    command's bar is cleared before its error.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: Any = None  # a tqdm bar, made at the first progress
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            # shown by refresh() below while patches go on, and once at the end by close()
+            self.bar = tqdm(total=total, unit="patch", dynamic_ncols=True, delay=1e9)
+        self.bar.total, self.bar.n = total, done
+        if done < total:
+            self.bar.refresh()
+
+    def close(self, ok: bool = True) -> None:
+        """Print the final state (``ok``), or clear the bar before an error."""
+        if self.bar is not None:
+            self.bar.delay = 0
+            self.bar.leave = ok
+            self.bar.close()
+            self.bar = None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,15 +146,29 @@ def main(verbose: int) -> None:
               help="Build S2 from the real L1C pixels, or from a documented stand-in.")
 @click.option("--real-pixels", type=click.Path(dir_okay=False),
               help="Path of a real pixels file (default: $S2CUBE_REAL_PIXELS, else the packaged copy).")
+@click.option("--layout", default="sen12ms-cr-ts", show_default=True,
+              type=click.Choice(["sen12ms-cr-ts", "sen12ms-cr"]),
+              help="sen12ms-cr: the mono-temporal SEN12MS-CR layout (one S1, one cloud-free and one "
+                   "cloudy S2 per patch; overlapping patches; --roi names scenes such as "
+                   "ROIs1868_summer_73, or the SEN12MS-CR-TS ROI of the same ground).")
+@click.option("--gaps", default=1, show_default=True, type=int,
+              help="sen12ms-cr: patches per scene left out (gaps in the patch numbers).")
+@click.option("--unpaired", default=1, show_default=True, type=int,
+              help="sen12ms-cr: patches without their cloudy file.")
 def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrupt, holes, junk,
-          spectra, real_pixels) -> None:
-    """Write a synthetic archive that looks like SEN12MS-CR-TS into DIRECTORY."""
+          spectra, real_pixels, layout, gaps, unpaired) -> None:
+    """Write a synthetic archive that looks like SEN12MS-CR-TS (or SEN12MS-CR) into DIRECTORY."""
     from s2cube_conversion.synth import synthesize_archive
 
     try:
         rows, cols = (int(v) for v in grid.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"{grid!r} is not ROWSxCOLS, e.g. 3x3", param_hint="--grid") from None
+    if layout == "sen12ms-cr":
+        _synth_cr(directory, rois, (rows, cols), patch_size, seed, not no_s1, spectra, real_pixels,
+                  gaps, unpaired, {"--slots": slots != 30, "--missing": missing, "--corrupt": corrupt,
+                                   "--holes": holes, "--junk": junk})
+        return
     kwargs = {"grid": (rows, cols), "patch_size": patch_size, "n_slots": slots, "seed": seed,
               "s1": not no_s1, "missing": missing, "corrupt": corrupt, "holes": holes, "junk": junk,
               "spectra": spectra, "real_pixels": real_pixels}
@@ -101,6 +180,27 @@ def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrup
         _fail(exc)
     click.echo(f"wrote {len(manifest.files)} files ({manifest.bytes_written / 1e6:.1f} MB) for "
                f"{len(manifest.rois)} ROIs into {directory}")
+
+
+def _synth_cr(directory, rois, grid, patch_size, seed, s1, spectra, real_pixels, gaps, unpaired,
+              ts_only) -> None:
+    """``s2cube synth --layout sen12ms-cr``."""
+    from s2cube_conversion.cr_synth import synthesize_cr_archive
+
+    given = [k for k, v in ts_only.items() if v]
+    if given:
+        raise click.BadParameter(f"{', '.join(given)}: options of the time-series layout",
+                                 param_hint="--layout")
+    kwargs = {"grid": grid, "patch_size": patch_size, "seed": seed, "s1": s1, "gaps": gaps,
+              "unpaired": unpaired, "spectra": spectra, "real_pixels": real_pixels}
+    if rois:
+        kwargs["scenes"] = tuple(rois)
+    try:
+        m = synthesize_cr_archive(directory, **kwargs)
+    except (S2CubeError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        _fail(exc)
+    click.echo(f"wrote {len(m.files)} files ({m.bytes_written / 1e6:.1f} MB) for {len(m.scenes)} "
+               f"SEN12MS-CR scenes into {directory}")
 
 
 @main.command()
@@ -126,33 +226,37 @@ def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrup
 @click.option("--verify", "verify_existing", is_flag=True,
               help="Check the chunks of patch locations already in the cube and convert again "
                    "those with bad ones.")
+@click.option("--break-lock", is_flag=True,
+              help="Take over the cube's lock even if the conversion holding it may still run "
+                   "(one whose process is gone is taken over without this).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def convert(source, cube, split, region, rois, no_s1, scheduler, workers, threads_per_worker,
-            cloud_method, s1_dtype, storage, with_stac, verify_existing, progress) -> None:
-    """Convert the GeoTIFF archive at SOURCE into the cube at CUBE (resumable, incremental)."""
-    from tqdm import tqdm
+            cloud_method, s1_dtype, storage, with_stac, verify_existing, break_lock,
+            progress) -> None:
+    """Convert the GeoTIFF archive at SOURCE into the cube at CUBE (resumable, incremental).
 
+    Exit codes: 0 done, 1 done with problems recorded as gaps, 2 error, 3 another
+    conversion is writing CUBE (nothing was written; run again when it has finished).
+    """
     from s2cube_conversion import Selection
     from s2cube_conversion import convert as run
+    from s2cube_conversion.lock import CubeLockedError
 
     options = _options(storage)
-    bar = tqdm(total=0, unit="patch", disable=not progress, dynamic_ncols=True)
-
-    def tick(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
+    bar = _Bar(progress)
     try:
         report = run(source, cube, selection=Selection(split, region, tuple(rois)), s1=not no_s1,
                      cloud_method=cloud_method, s1_dtype=s1_dtype, scheduler=scheduler, n_workers=workers,
-                     threads_per_worker=threads_per_worker, storage_options=options, progress=tick,
-                     verify=verify_existing)
+                     threads_per_worker=threads_per_worker, storage_options=options, progress=bar,
+                     verify=verify_existing, break_lock=break_lock)
+    except CubeLockedError as exc:
+        bar.close(ok=False)
+        _fail(exc, options, code=3)
     except S2CubeError as exc:
-        bar.close()
+        bar.close(ok=False)
         _fail(exc, options)
     except OSError as exc:
-        bar.close()
+        bar.close(ok=False)
         err = _storage_failure(exc, (source, cube), options)
         if err is exc:
             raise
@@ -181,6 +285,8 @@ def convert(source, cube, split, region, rois, no_s1, scheduler, workers, thread
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE")
 def info(cube, storage) -> None:
     """What CUBE holds, per split and region, with sizes and cloudiness."""
+    from s2cube import schema, sen12mscr
+    from s2cube.analysis import crsummary
     from s2cube.analysis.summary import summarize
     from s2cube.io.open import open_cube
     from s2cube.io.storage import filesystem, parse_location
@@ -188,20 +294,28 @@ def info(cube, storage) -> None:
     options = _options(storage)
     loc = parse_location(cube, options)
     try:
-        ds = open_cube(cube, storage_options=options, allow_incomplete=True)
+        with _quiet_logger("s2cube.io.open"):  # info reports the state itself
+            ds = open_cube(cube, storage_options=options, allow_incomplete=True)
         stored = int(filesystem(loc).du(loc.path))
     except S2CubeError as exc:
         _fail(exc, options)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except OSError as exc:
+        err = _storage_failure(exc, (cube,), options, action="read")
+        if err is exc:
+            err = S2CubeError(f"{cube} cannot be opened as a cube ({exc}); check the path")
+        _fail(err, options)
+    except (ValueError, KeyError) as exc:
         _fail(S2CubeError(f"{cube} cannot be opened as a cube ({exc}); check the path"), options)
+    state = ds.attrs.get(schema.ATTR_STATE)
     if "coverage" not in ds:
-        _fail(S2CubeError(f"{cube} is not a finished s2cube cube (no coverage variable); "
-                          "run the conversion again to finish it"), options)
+        _fail(S2CubeError(f"{loc.url}: its conversion has not finished (s2cube_state "
+                          f"{state!r}, no coverage yet); {_writer(loc)}"), options)
     try:
-        s = summarize(ds, stored_bytes=stored)
+        s = (crsummary.summarize(ds, stored_bytes=stored) if sen12mscr.is_cr(ds)
+             else summarize(ds, stored_bytes=stored))
     except S2CubeError as exc:
         _fail(exc, options)
-    click.echo(f"{loc.url}  state={s.state}  patch={s.patch_size}px  rois={ds.sizes['roi']}  "
+    click.echo(f"{loc.url}  state={s.state}  patch={s.patch_size}px  {crsummary.extent(ds)}  "
                f"stored={stored / 1e6:.1f} MB")
     click.echo(s.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if s.problems:
@@ -218,26 +332,27 @@ def info(cube, storage) -> None:
 @click.option("--workers", type=int, help="Local workers (default: one per core).")
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE")
 def validate(source, cube, rois, scheduler, workers, storage) -> None:
-    """Compare every file of SOURCE with CUBE; exit 1 and list what differs."""
-    from tqdm import tqdm
-
+    """Compare every file of SOURCE with CUBE; exit 1 and list what differs, 2 on errors."""
+    from s2cube.io.backend import open_source
     from s2cube_conversion.run import dask_client
     from s2cube_conversion.validate import validate as run
 
     options = _options(storage)
-    bar = tqdm(total=0, unit="patch", dynamic_ncols=True)
-
-    def tick(done: int, total: int) -> None:
-        bar.total, bar.n = total, done
-        bar.refresh()
-
+    bar = _Bar()
     try:
+        open_source(cube, options)  # a finished cube, or say why not before starting workers
         with dask_client(None, scheduler, workers, 1) as client:
             report = run(source, cube, rois=list(rois) or None, storage_options=options,
-                         progress=tick, client=client)
+                         progress=bar, client=client)
     except S2CubeError as exc:
-        bar.close()
+        bar.close(ok=False)
         _fail(exc, options)
+    except OSError as exc:
+        bar.close(ok=False)
+        err = _storage_failure(exc, (source, cube), options, action="read")
+        if err is exc:
+            raise
+        _fail(err, options)
     bar.close()
     click.echo(f"{report.files} files checked, {len(report.differences)} difference(s)")
     for d in report.differences:
@@ -259,27 +374,20 @@ def verify(cube, decode, scheduler, workers, storage, progress) -> None:
     No source archive is needed. `s2cube convert ARCHIVE CUBE --verify` rewrites the patch
     locations that hold bad chunks.
     """
-    from tqdm import tqdm
-
     from s2cube.io.verify import verify_cube
 
     options = _options(storage)
-    bar = tqdm(total=0, unit="patch", disable=not progress, dynamic_ncols=True)
-
-    def tick(done: int, total: int) -> None:
-        bar.total, bar.n = total, done
-        bar.refresh()
-
+    bar = _Bar(progress)
     try:
         if scheduler or workers:
             from s2cube_conversion.run import dask_client
 
             with dask_client(None, scheduler, workers, 1) as client:
-                report = verify_cube(cube, options, client=client, decode=decode, progress=tick)
+                report = verify_cube(cube, options, client=client, decode=decode, progress=bar)
         else:
-            report = verify_cube(cube, options, decode=decode, progress=tick)
+            report = verify_cube(cube, options, decode=decode, progress=bar)
     except S2CubeError as exc:
-        bar.close()
+        bar.close(ok=False)
         _fail(exc, options)
     bar.close()
     click.echo(f"{report.url}: {report.chunks} chunks of {report.shards} patch locations "

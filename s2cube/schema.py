@@ -17,6 +17,9 @@ import numpy as np
 #: 2: every inner chunk of the pixel arrays and every small array carries a crc32c checksum.
 SCHEMA_VERSION = 2
 TITLE = "SEN12MS-CR-TS as a Zarr v3 cube (s2cube)"
+#: the title of the family's other kind, SEN12MS-CR (``cube_kind = "sen12ms-cr"``, see
+#: :mod:`s2cube.sen12mscr`)
+TITLE_CR = "SEN12MS-CR as a Zarr v3 cube (s2cube)"
 REFERENCES = "doi:10.1109/TGRS.2022.3146246"
 
 N_SLOTS = 30
@@ -150,7 +153,7 @@ def roi_info(name: str) -> RoiInfo:
         return ROIS[name]
     except KeyError:
         raise KeyError(
-            f"{name!r} is not an ROI of SEN12MS-CR-TS; ROIs are named like 'ROIs1868_73'"
+            f"{str(name)!r} is not an ROI of SEN12MS-CR-TS; ROIs are named like 'ROIs1868_73'"
         ) from None
 
 
@@ -280,7 +283,10 @@ def check_cube_attrs(attrs: dict | None, where: str, *, allow_incomplete: bool =
     if attrs is None:
         raise NotACubeError(f"{where} holds no Zarr v3 group: check the URL (an s2cube cube "
                             "is the folder that holds the root zarr.json)")
-    if attrs.get("title") != TITLE or "schema_version" not in attrs:
+    kind = attrs.get("cube_kind")  # the two kinds of the family (s2cube.sen12mscr)
+    title = TITLE_CR if kind == "sen12ms-cr" else TITLE
+    if kind not in (None, "sen12ms-cr-ts", "sen12ms-cr") or attrs.get("title") != title \
+            or "schema_version" not in attrs:
         raise NotACubeError(f"{where} is a Zarr group but not an s2cube cube (title "
                             f"{attrs.get('title')!r}); open it with xarray.open_zarr instead")
     version = attrs["schema_version"]

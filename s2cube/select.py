@@ -10,13 +10,14 @@ the one rule for which patches a spatial selection holds (whole patches only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from s2cube import schema
+from s2cube import schema, sen12mscr
 from s2cube.errors import SelectionError
 
 
@@ -54,8 +55,19 @@ def roi_names(ds: xr.Dataset) -> list[str]:
     return [str(r) for r in np.atleast_1d(_roi_labels(ds, "roi"))]
 
 
-def sel_split(ds: xr.Dataset, split: str) -> xr.Dataset:
-    """The ROIs of one split (``"train"``, ``"val"``, ``"test"``; ``"all"`` keeps every ROI)."""
+def sel_split(ds: xr.Dataset, split: str, split_mode: str | None = None) -> xr.Dataset:
+    """The ROIs of one split (``"train"``, ``"val"``, ``"test"``; ``"all"`` keeps every ROI).
+
+    On a SEN12MS-CR cube, the patches of the split's scenes (:func:`s2cube.crselect.sel_split`;
+    ``split_mode`` ``"exact"`` by default, ``"reference"`` or ``"combined"``).
+    """
+    if sen12mscr.is_cr(ds):
+        from s2cube import crselect
+
+        return crselect.sel_split(ds, split, split_mode or "exact")
+    if split_mode is not None:
+        raise SelectionError(f"split_mode={split_mode!r} applies to SEN12MS-CR cubes only; this "
+                             "time-series Dataset's ROIs each have one split: leave it out")
     return _sel_by(ds, "split", split, schema.SPLITS)
 
 
@@ -161,8 +173,10 @@ def align_cells(ds: xr.Dataset) -> xr.Dataset:
 
 
 def patch_table(ds: xr.Dataset, split: str | None = "all",
-                region: str | None = "all") -> pd.DataFrame:
+                region: str | None = "all", split_mode: str | None = None) -> pd.DataFrame:
     """Every patch the Dataset holds, in the reference sample order (index ``pdx``).
+
+    On a SEN12MS-CR cube, :func:`s2cube.crselect.patch_table` (by scene, ``split_mode``).
 
     ROIs in the order of the archive's tables, inside an ROI by ascending patch id (the
     order of :func:`s2cube.plans.rules.patch_index`). Columns: ``roi``, ``row``, ``col``
@@ -171,6 +185,16 @@ def patch_table(ds: xr.Dataset, split: str | None = "all",
     """
     from s2cube.plans.rules import patch_index
 
+    if sen12mscr.is_cr(ds):
+        from s2cube import crselect
+
+        if region not in ("all", None):
+            raise SelectionError(f"region={region!r}: a SEN12MS-CR cube has no regions (as in the "
+                                 "reference loader); leave it out")
+        return crselect.patch_table(ds, split or "all", split_mode or "exact")
+    if split_mode is not None:
+        raise SelectionError(f"split_mode={split_mode!r} applies to SEN12MS-CR cubes only; leave "
+                             "it out")
     one = ds if "roi" in ds.dims else ds.expand_dims("roi")
     pid = np.asarray(one["patch_id"].transpose("roi", "row", "col").values).astype(np.int64)
     held = held_cells(one, "y", "row")[:, None] & held_cells(one, "x", "col")[None, :]
@@ -210,9 +234,10 @@ def _flatten(data, lead_axes: list[int], order: np.ndarray):
     return flat[order]
 
 
-def _split_pixels(data, dims: tuple[str, ...], p: int):
+def _split_pixels(data, dims: tuple[Hashable, ...], p: int):
     """Reshape ``y`` → (row, py) and ``x`` → (col, px); no data moves when chunks are P."""
-    shape, new_dims = [], []
+    shape: list[int] = []
+    new_dims: list[Hashable] = []
     for size, d in zip(data.shape, dims):
         if d == "y":
             shape += [size // p, p]
@@ -261,7 +286,7 @@ def patches(ds: xr.Dataset, variables: Sequence[str] | None = None) -> xr.Datase
         axes = [dims.index(d) for d in lead]
         rest = [d for d in dims if d not in lead]
         out[name] = xr.Variable(("patch", *rest), _flatten(data, axes, index), var.attrs)
-    coords = {
+    coords: dict[str, Any] = {
         "pdx": ("patch", table.index.to_numpy()),
         "roi": ("patch", table["roi"].to_numpy()),
         "row": ("patch", table["row"].to_numpy(np.int32)),

@@ -407,6 +407,7 @@ def _s3_facts(loc: Location) -> tuple[dict[str, Any], dict[str, Any]] | None:
     region = (ck.get("region_name") or opts.get("region") or env.get("AWS_REGION")
               or env.get("AWS_DEFAULT_REGION"))
     xr_options: dict[str, Any] = {}
+    scheme: dict[str, Any]
     if endpoint:
         endpoint = _without_userinfo(endpoint)
     if endpoint and "amazonaws.com" not in endpoint:
@@ -586,7 +587,7 @@ def _rfc3339(text: str) -> str:
 def _dimensions(ds: xr.Dataset, dates: tuple[datetime, datetime]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for dim, size in ds.sizes.items():
-        kind, text = DIMENSIONS.get(dim, ("index", f"dimension {dim}"))
+        kind, text = DIMENSIONS.get(str(dim), ("index", f"dimension {dim}"))
         entry: dict[str, Any] = {"type": kind, "description": text}
         if kind == "spatial":
             entry.update(axis=dim, extent=[0, max(size - 1, 0)], step=1)
@@ -785,8 +786,9 @@ def write_catalog(
 
     ds = open_cube(cube, storage_options=storage_options)
     collection = build_catalog(cube, storage_options, out=out, collection_id=collection_id, ds=ds)
-    root = posixpath.dirname(collection.get_self_href()) if "://" in collection.get_self_href() \
-        else os.path.dirname(collection.get_self_href())
+    self_href = collection.get_self_href()
+    assert self_href is not None, "build_catalog sets the Collection's self link"
+    root = posixpath.dirname(self_href) if "://" in self_href else os.path.dirname(self_href)
     stac_io = _stac_io(storage_options)
     previous = _previous_slots(root, storage_options)
     for item in collection.get_items():
@@ -802,7 +804,7 @@ def write_catalog(
         _write_bytes(target, _thumbnail(ds, item.id, slot))
     _finalize_hrefs(collection, cube, root, storage_options)
     collection.save(stac_io=stac_io)
-    url = collection.get_self_href()
+    url = collection.get_self_href() or self_href
     logger.info("wrote the STAC catalog of %s: %s (%d items)", redact(str(cube), storage_options),
                 url, len(list(collection.get_items())))
     return url
@@ -875,8 +877,9 @@ def catalog_json(cube: str | os.PathLike, out: str | os.PathLike | None = None,
 
     ds = open_cube(cube, storage_options=storage_options)
     collection = build_catalog(cube, storage_options, out=out, ds=ds)
-    root = os.path.dirname(collection.get_self_href()) if "://" not in collection.get_self_href() \
-        else posixpath.dirname(collection.get_self_href())
+    self_href = collection.get_self_href()
+    assert self_href is not None, "build_catalog sets the Collection's self link"
+    root = os.path.dirname(self_href) if "://" not in self_href else posixpath.dirname(self_href)
     _finalize_hrefs(collection, cube, root, storage_options)
     return collection.to_dict(include_self_link=False, transform_hrefs=True)
 
@@ -1110,11 +1113,11 @@ def _find_asset(obj: Any, storage_options) -> tuple[dict[str, Any], str | None]:
     if isinstance(obj, dict):
         if "href" in obj and "stac_version" not in obj:  # an asset dict
             return obj, None
-        assets = obj.get("assets") or {}
-        key = _pick_asset(assets, obj)
+        listed: dict[str, dict[str, Any]] = obj.get("assets") or {}
+        key = _pick_asset(listed, obj)
         base = next((link.get("href") for link in obj.get("links", [])
                      if link.get("rel") == "self"), None)
-        return assets[key], base
+        return listed[key], base
     raise NotACubeError(f"cannot read a cube location from a {type(obj).__name__}; pass a pystac "
                         "Collection or Item, a STAC dict, or the URL of a STAC JSON")
 

@@ -19,6 +19,7 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,13 +27,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from s2cube import schema
+from s2cube import schema, sen12mscr
+from s2cube.errors import S2CubeError
+from s2cube.io.view import source_of
 from s2cube.plans import rules as sampling
 from s2cube.training import batches as _samples
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SEN12MSCRTS", "CubeLoader", "DevicePrefetcher", "ShardedSampler", "make_loader"]
+__all__ = ["SEN12MSCR", "SEN12MSCRTS", "CubeLoader", "DevicePrefetcher", "ShardedSampler", "make_loader"]
 
 
 # --- the drop-in dataset -----------------------------------------------------------------------
@@ -50,6 +53,9 @@ class SEN12MSCRTS(Dataset):
         As the reference loader (``archive.md`` sec. 6). ``import_data_path`` takes either
         published pair format (a file, or a directory holding the published names), read
         without running pickled code (see :mod:`s2cube.plans.pairs`).
+        ``rescale_method=None`` returns raw S2 DN as int32 (:data:`s2cube.torch.RAW_S2_DTYPE`: torch
+        cannot reduce uint16 tensors) and raw S1 dB as float32. All are checked here,
+        before anything is read.
     stable_sort
         The fixed sampler takes the earliest of tied least-cloudy slots (the reference's
         non-stable ``np.argsort`` when False, for parity).
@@ -77,6 +83,8 @@ class SEN12MSCRTS(Dataset):
                  subset: tuple[int, int] = (0, schema.N_SLOTS), seed: int = 0,
                  root: str | None = None, threads: int = 2, trust: bool = False,
                  storage_options: dict | None = None) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be an integer of at least 1")
         opts = _samples.SampleOptions(split, region, cloud_masks, sample_type, sampler,
                                       int(n_input_samples), rescale_method, float(min_cov),
                                       float(max_cov), stable_sort, tuple(subset), int(seed))
@@ -85,7 +93,8 @@ class SEN12MSCRTS(Dataset):
         self.root = root
         self.epoch = 0
         self.reader = _samples.SampleReader(self.samples.view, detector=cloud_masks,
-                                            rescale_method=rescale_method, threads=threads)
+                                            rescale_method=rescale_method, threads=threads,
+                                            alloc=_raw_as_int32)
         if sampler == "random" and split in ("val", "test"):
             logger.warning("the random sampler on the %s split draws other slots every epoch",
                            split)
@@ -143,6 +152,77 @@ class SEN12MSCRTS(Dataset):
             "coord": [list(coord) for _ in slots],
         }
         return out
+
+
+class SEN12MSCR(Dataset):
+    """The reference loader of SEN12MS-CR (UnCRtainTS' ``SEN12MSCR``), reading from a cube
+    written from a SEN12MS-CR archive (``cube_kind = "sen12ms-cr"``).
+
+    The same samples in the same order (collections, scenes and patch numbers in natural
+    order; patches without all three files dropped), the same dict: ``input`` with ``S1``
+    (2, H, W), ``S2`` (the cloudy image, 13, H, W), ``masks`` (H, W), ``coverage`` (the mask's
+    mean, float32), ``S1 path``, ``S2 path`` (the cloudy file) and ``coord``
+    (``[left, bottom, right, top]`` of the S2 file); ``target`` with ``S2``, ``S2 path`` and
+    ``coord``; float32 arrays preprocessed as the reference does (``rescale_method``). The
+    masks and coverage are the stored ones (computed on the raw cloudy DN at conversion);
+    ``cloud_masks=None`` gives ``masks`` and ``coverage`` None (the reference fails there).
+
+    ``split_mode``: ``"exact"`` (default) matches scenes exactly; ``"reference"`` reproduces
+    the reference's substring membership (its train split then also holds 6 test and 3 val
+    scenes: ``s2cube.sen12mscr.split_moves("reference")``), to compare with published numbers;
+    ``"combined"`` gives the scenes that are SEN12MS-CR-TS ROIs that ROI's split, for training
+    on both data sets without sharing ground across splits. ``root`` prefixes the returned
+    paths (relative archive paths when None). ``region`` is ``"all"`` only, as in the
+    reference; ``sample_type`` ``"pretrain"`` only.
+    """
+
+    def __init__(self, cube: Any, split: str = "all", region: str = "all",
+                 cloud_masks: str | None = "s2cloudless_mask", sample_type: str = "pretrain",
+                 rescale_method: str | None = "default", *, split_mode: str = "exact",
+                 root: str | None = None, threads: int = 2,
+                 storage_options: dict | None = None) -> None:
+        from s2cube.training import crsamples
+
+        if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be an integer of at least 1")
+        opts = crsamples.CrOptions(split, region, cloud_masks, sample_type, rescale_method,
+                                   split_mode)
+        self.data = crsamples.CrDataset(cube, opts, root=root, threads=int(threads),
+                                        storage_options=storage_options)
+        self.samples = self.data.samples
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, pdx: int) -> dict:
+        return self.data[pdx]
+
+
+def _cr_loader(ds: Any, *, split: str, split_mode: str, cloud_masks: str | None,
+               rescale_method: str | None, batch_size: int, shuffle: bool, drop_last: bool,
+               seed: int, rank: int | None, world_size: int | None, num_workers: int,
+               threads: int, crop: int | None, s1: bool, pin_memory: bool | None,
+               device: Any, prefetch_factor: int | None, multiprocessing_context: str | None,
+               persistent_workers: bool, reuse_buffers: bool | None) -> CubeLoader:
+    """:func:`make_loader` for a SEN12MS-CR cube: ``{"input": {"S1", "S2", "masks",
+    "coverage"}, "target": {"S2"}, "pdx", "scene", "patch_id", "patch"}`` of (B, C, H, W)."""
+    from s2cube.training import crsamples
+
+    opts = crsamples.CrOptions(split, "all", cloud_masks, "pretrain", rescale_method, split_mode,
+                               int(seed))
+    samples = crsamples.CrSampleSet(ds, opts, s1=s1)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    if reuse_buffers is None:
+        reuse_buffers = pin_memory
+    ring = (prefetch_factor or 2) + 2 if reuse_buffers and num_workers > 0 else 0
+    shard = ShardedSampler(len(samples), batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                           world_size=world_size, drop_last=drop_last)
+    maker = crsamples.CrBatchMaker(samples, crop=crop, threads=threads, alloc=SharedAlloc(ring))
+    return CubeLoader(BatchStream(maker, shard), num_workers=num_workers, pin_memory=pin_memory,
+                      prefetch_factor=prefetch_factor,
+                      multiprocessing_context=multiprocessing_context, device=device,
+                      persistent_workers=persistent_workers)
 
 
 # --- sharding by rank and worker ------------------------------------------------------------
@@ -242,6 +322,7 @@ class SharedAlloc:
     DataLoader asks a worker for a new batch only after handing out an earlier one), or
     when the training loop keeps no batch longer than one step. In the main process
     (``num_workers=0``) it returns None: the reader's pool, which never reuses a live array.
+    Raw S2 DN (asked for as uint16) get int32 arrays everywhere (:data:`RAW_S2_DTYPE`).
     """
 
     def __init__(self, ring: int = 0) -> None:
@@ -254,7 +335,8 @@ class SharedAlloc:
 
     def __call__(self, shape: tuple[int, ...], dtype) -> np.ndarray | None:
         if get_worker_info() is None:
-            return None
+            return _raw_as_int32(shape, dtype)
+        dtype = _torch_dtype(dtype)
         if self.ring <= 0:
             return _new_shared(shape, dtype)
         key = (tuple(shape), np.dtype(dtype).str)
@@ -268,7 +350,22 @@ class SharedAlloc:
 
 
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.uint16): torch.uint16,
-                 np.dtype(np.int64): torch.int64}
+                 np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
+
+#: the dtype of raw S2 DN (``rescale_method=None``) in tensors: torch has few uint16
+#: kernels (no ``max``, ``sum`` or ``mean``), and int32 holds every DN exactly
+RAW_S2_DTYPE = np.dtype(np.int32)
+
+
+def _torch_dtype(dtype) -> np.dtype:
+    """The dtype a tensor gets for frames stored as ``dtype`` (uint16 DN: :data:`RAW_S2_DTYPE`)."""
+    dtype = np.dtype(dtype)
+    return RAW_S2_DTYPE if dtype == np.uint16 else dtype
+
+
+def _raw_as_int32(shape: tuple[int, ...], dtype) -> np.ndarray | None:
+    """``alloc`` of the readers in the main process: raw S2 DN into int32, the rest pooled."""
+    return np.empty(shape, RAW_S2_DTYPE) if np.dtype(dtype) == np.uint16 else None
 
 class BatchStream(IterableDataset):
     """Yields this worker's batches of this rank (see :func:`make_loader`)."""
@@ -361,6 +458,58 @@ class DevicePrefetcher:
             return self._move(batch)
 
 
+_GUARD = ("if the script makes or iterates the loader outside `if __name__ == \"__main__\":`, "
+          "each worker runs that code again and dies; move it under that guard (or into a "
+          "function called from there)")
+
+
+def _reimported_main() -> str | None:
+    """The main script, when this call comes from its top level run again in a new process.
+
+    A process started by ``spawn`` or ``forkserver`` (DataLoader workers of an object-store
+    cube, with CUDA, on macOS and Windows) first runs the main script as ``__mp_main__``.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
+            return str(frame.f_globals.get("__file__") or "the main script")
+        frame = frame.f_back
+    return None
+
+
+def _check_loader_options(mode: str, batch_size: Any, num_workers: Any, threads: Any,
+                          prefetch_factor: Any, multiprocessing_context: Any, device: Any,
+                          cloudy_threshold: Any) -> None:
+    """Refuse :func:`make_loader` options that would fail later, naming the value at fault."""
+    if mode not in _samples.MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(_samples.MODES)}")
+    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                             ("threads", threads, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name}={value!r} must be an integer of at least {low}")
+    if prefetch_factor is not None:
+        if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int | np.integer) \
+                or prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor={prefetch_factor!r} must be an integer of at least 1")
+        if num_workers == 0:
+            raise ValueError(f"prefetch_factor={prefetch_factor} applies to worker processes; "
+                             "set num_workers > 0 or leave prefetch_factor out")
+    methods = multiprocessing.get_all_start_methods()
+    if isinstance(multiprocessing_context, str) and multiprocessing_context not in methods:
+        raise ValueError(f"multiprocessing_context={multiprocessing_context!r} is not one of "
+                         f"{', '.join(methods)} (the start methods of this platform)")
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device={device!r} is not a torch device ({exc})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available here; use device=None "
+                             "(batches stay on the CPU) or 'cpu'")
+    if not 0.0 <= float(cloudy_threshold) <= 1.0:
+        raise ValueError(f"cloudy_threshold={cloudy_threshold} must be between 0 and 1")
+
+
 def default_context(num_workers: int, local: bool = True) -> str | None:
     """``fork`` for a local cube on Linux without CUDA initialised, else ``forkserver``.
 
@@ -424,8 +573,19 @@ class CubeLoader:
     def __iter__(self) -> Iterator[dict]:
         batches = self.dataloader()
         if self.device is None:
-            return iter(batches)
-        return iter(DevicePrefetcher(batches, self.device))
+            return self._explained(iter(batches))
+        return self._explained(iter(DevicePrefetcher(batches, self.device)))
+
+    def _explained(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """``batches``, with the likeliest cause added to a worker's unexpected exit."""
+        try:
+            yield from batches
+        except RuntimeError as exc:
+            if "exited unexpectedly" not in str(exc) or self.context == "fork":
+                raise
+            raise RuntimeError(f"{exc}. The workers start with {self.context!r}, which imports "
+                               f"the main script in each of them first: {_GUARD}. The workers' "
+                               "own errors are printed above.") from exc
 
 
 def make_loader(
@@ -462,6 +622,7 @@ def make_loader(
     reuse_buffers: bool | None = None,
     storage_options: dict | None = None,
     trust: bool = False,
+    split_mode: str = "exact",
 ) -> CubeLoader:
     """Stacked batches of a split, sharded by rank and worker.
 
@@ -477,14 +638,62 @@ def make_loader(
 
     ``crop`` cuts a random ``crop x crop`` window per sample (the same for all its frames);
     chunks are whole patches, so it reads one chunk per frame all the same.
-    ``rescale_method=None`` returns raw S2 DN (uint16) and S1 dB, to scale on the GPU.
+    ``rescale_method=None`` returns raw S2 DN as int32 tensors (:data:`s2cube.torch.RAW_S2_DTYPE`:
+    every DN exactly, and torch reduces them, which it cannot do for uint16) and S1 dB as
+    float32, to scale on the GPU.
+    Every option is checked when the loader is made, before any read.
+
+    Call it under ``if __name__ == "__main__":`` in a script when ``num_workers`` > 0 and
+    the workers do not fork (a cube on an object store, CUDA in use, macOS, Windows): each
+    worker then starts by importing the script, and code outside that guard would run
+    again in every worker.
     ``pin_memory`` defaults to CUDA being available; ``device`` moves batches there one step
     ahead. Workers use ``multiprocessing_context`` (default: :func:`default_context`) and
     stay alive across epochs (``persistent_workers``; they read the epoch from shared memory).
     ``reuse_buffers`` lets workers recycle their shared-memory batch buffers (see
     :class:`SharedAlloc`; default: when memory is pinned, where it is always safe); with it,
     clone whatever part of a batch you keep beyond the next few steps.
+
+    On a SEN12MS-CR cube (``cube_kind = "sen12ms-cr"``) each sample is one patch:
+    ``{"input": {"S1", "S2", "masks", "coverage"}, "target": {"S2"}, "pdx", "scene",
+    "patch_id", "patch"}`` with (B, C, H, W) arrays; ``split_mode`` chooses its splits
+    (``"exact"``, ``"reference"``, ``"combined"``: see :class:`SEN12MSCR`), and the
+    time-series options do not apply.
+
+    Raises
+    ------
+    ValueError
+        An option is out of its range (the message names it), before anything is read.
+    SelectionError
+        The cube (or Dataset) holds no sample of ``split`` and ``region``.
+    S2CubeError
+        Called from the top level of a script that a new worker process is importing
+        (see above: the ``if __name__ == "__main__":`` guard).
     """
+    script = _reimported_main()
+    if script is not None:  # a worker importing the script: say why, rather than die later
+        raise S2CubeError(f"make_loader was called while a new worker process imported "
+                          f"{script} again: {_GUARD}")
+    _check_loader_options(mode, batch_size, num_workers, threads, prefetch_factor,
+                          multiprocessing_context, device, cloudy_threshold)
+    cube = source_of(cube, storage_options)  # opened once; a Dataset stays as it is
+    if sen12mscr.is_cr(cube):  # a SEN12MS-CR cube: one cloudy image and its target per sample
+        ts_only = {"mode": mode != "seq2point", "region": region != "all", "window": window,
+                   "gap_probability": gap_probability, "import_data_path": import_data_path}
+        if any(ts_only.values()):
+            raise ValueError(f"{[k for k, v in ts_only.items() if v]}: options of time-series "
+                             "cubes; a SEN12MS-CR cube has no series (sampler, n_input_samples "
+                             "and min/max_cov do not apply either)")
+        return _cr_loader(cube, split=split, split_mode=split_mode, cloud_masks=cloud_masks,
+                          rescale_method=rescale_method, batch_size=batch_size, shuffle=shuffle,
+                          drop_last=drop_last, seed=seed, rank=rank, world_size=world_size,
+                          num_workers=num_workers, threads=threads, crop=crop, s1=s1,
+                          pin_memory=pin_memory, device=device, prefetch_factor=prefetch_factor,
+                          multiprocessing_context=multiprocessing_context,
+                          persistent_workers=persistent_workers, reuse_buffers=reuse_buffers)
+    if split_mode != "exact":
+        raise ValueError(f"split_mode={split_mode!r} is an option of SEN12MS-CR cubes; "
+                         "SEN12MS-CR-TS splits are the official ROI lists")
     opts = _samples.SampleOptions(split, region, cloud_masks, "cloudy_cloudfree", sampler,
                                   int(n_input_samples), rescale_method, float(min_cov),
                                   float(max_cov), seed=int(seed))

@@ -78,6 +78,29 @@ def tiny_archive(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def cr_archive(tmp_path_factory):
+    """A synthetic SEN12MS-CR archive on the ground of ``synthetic_archive``: its 4 default
+    scenes (73 and 8 shared with it, 7 and 100 of their own) over 3x3 patches of 32 px, cut
+    with half-patch overlap, a gap in each scene's numbers, an unpaired and a blank patch."""
+    from s2cube_conversion.cr_synth import synthesize_cr_archive
+
+    return synthesize_cr_archive(tmp_path_factory.mktemp("cr-archive") / "SEN12MSCR",
+                                 grid=ARCHIVE_GRID, patch_size=PATCH, seed=7)
+
+
+@pytest.fixture(scope="session")
+def cr_cube(cr_archive, tmp_path_factory, dask_client) -> Path:
+    """The SEN12MS-CR archive converted by the real converter (with cloud detection)."""
+    from s2cube_conversion import convert
+
+    cube = tmp_path_factory.mktemp("cr-cube") / "cr.zarr"
+    report = convert(cr_archive.root, cube, client=dask_client)
+    assert set(report.problems) == {f"{cr_archive.unpaired[0].replace('s2_cloudy', 's1')}"}, \
+        report.problems
+    return cube
+
+
 def pytest_configure(config):
     # Keep worker processes from oversubscribing the 2 CI cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

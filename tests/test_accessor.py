@@ -56,7 +56,7 @@ def test_each_method_is_one_documented_line_delegating_to_a_module(name):
     assert len(body) == 2 and isinstance(body[1], ast.Return), f"{name} is not one line"
     called = ast.unparse(body[1].value)
     modules = ("select.", "georef.", "stats.", "indices.", "quicklook.", "baselines.", "batches.",
-               "table.", "evaluate.")
+               "table.", "evaluate.", "series.", "series_plans.", "pairing.")
     assert called.startswith(modules), called
 
 

@@ -137,7 +137,7 @@ def test_bad_chunks_argument_names_the_choices(small_cube):
 
 @pytest.mark.s3
 def test_open_from_s3_reads_one_object_and_the_same_values(small_cube, tmp_path):
-    from s2cube.testing import SeaweedServer, find_weed
+    from servers import SeaweedServer, find_weed
 
     try:
         find_weed()

@@ -1,29 +1,25 @@
-"""notebooks/04_training.ipynb runs end to end: the loss goes down, the loading share is printed."""
+"""notebooks/04_training.ipynb runs end to end with no warning: the loss goes down, the
+loading share is printed."""
 
 from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
+from nbrun import NOTEBOOKS, execute
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_training.ipynb"
+NOTEBOOK = NOTEBOOKS / "04_training.ipynb"
 
 
-def test_training_notebook_streams_batches_and_the_loss_goes_down(tmp_path, monkeypatch,
-                                                                   small_cube):
+def test_training_notebook_streams_batches_and_the_loss_goes_down(tmp_path, small_cube):
     """Runs on the session's converted cube (``S2CUBE_CUBE``): the notebook's own conversion
     cell is the converter's, tested with it; here the loader and the training are."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
     pytest.importorskip("torch")
-    monkeypatch.setenv("S2CUBE_CUBE", str(small_cube))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
     t = time.perf_counter()
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = execute(NOTEBOOK, small_cube, tmp_path, timeout=120)
     elapsed = time.perf_counter() - t
     text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                    for out in cell.get("outputs", []))

@@ -518,7 +518,7 @@ def test_cli_writes_prints_and_fails_clearly(small_cube, tmp_path):
 
 @pytest.mark.s3
 def test_catalog_on_s3_beside_the_cube(small_cube, monkeypatch, tmp_path):
-    from s2cube.testing import SeaweedServer, find_weed
+    from servers import SeaweedServer, find_weed
 
     try:
         find_weed()

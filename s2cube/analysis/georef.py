@@ -9,9 +9,12 @@ so ``.rio.reproject``, ``.rio.clip`` and ``.rio.to_raster`` work on it.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import xarray as xr
 
+from s2cube.errors import SelectionError
 from s2cube.grid import RoiGrid, patch_bounds
 from s2cube.select import sel_roi
 
@@ -62,4 +65,32 @@ def roi(ds: xr.Dataset, name: str) -> xr.Dataset:
     for var in one.data_vars.values():
         if "x" in var.dims and "y" in var.dims:
             var.encoding["grid_mapping"] = "spatial_ref"
+    one._cache = {"rio": _roi_raster_class()(one)}  # .rio of this Dataset: see below
     return one
+
+
+@functools.cache
+def _roi_raster_class():
+    """rioxarray's Dataset accessor, whose ``to_raster`` says what a GeoTIFF can hold.
+
+    ``roi(...).rio.to_raster(path)`` would stack every variable (pixels of every slot,
+    flags, dates) into one array and fail deep inside NumPy; a GeoTIFF holds one
+    ``(band, y, x)`` array, so this names the call that writes one.
+    """
+    from rioxarray.raster_dataset import RasterDataset
+
+    class RoiRaster(RasterDataset):
+        def to_raster(self, raster_path, *args, **kwargs):
+            ds = self._obj
+            rasters = [n for n, v in ds.data_vars.items() if set(v.dims) == {"y", "x"}]
+            if len(rasters) == len(ds.data_vars) and len({ds[n].dtype for n in rasters}) == 1:
+                return super().to_raster(raster_path, *args, **kwargs)
+            example = "one.s2.sel(time=4)" if "time" in ds["s2"].dims else "one.s2"
+            raise SelectionError(
+                f"a GeoTIFF holds one (band, y, x) array, and this ROI Dataset holds "
+                f"{len(ds.data_vars)} variables of several dims and dtypes "
+                f"({', '.join(map(str, ds.data_vars))}); write one variable at one slot, e.g. "
+                f"{example}.rio.to_raster({str(raster_path)!r}), with "
+                ".sel(band=['B4', 'B3', 'B2']) for fewer bands")
+
+    return RoiRaster

@@ -104,11 +104,11 @@ def quicklook(
     if extra:
         raise ValueError(f"quicklook renders one frame (band, y, x); select {extra} first, "
                          "e.g. .isel(time=0)")
-    missing = [b for b in bands if b not in schema.BANDS]
+    missing = [str(b) for b in bands if b not in schema.BANDS]
     if missing:
         raise ValueError(f"bands {missing} are not Sentinel-2 bands {schema.BANDS}")
     rgb = da.sel(band=list(bands)).transpose("y", "x", "band").values.astype(np.float64)
-    valid = (rgb > 0).any(axis=-1)
+    valid = np.asarray((rgb > 0).any(axis=-1))
     img = stretch(rgb, low, high, valid)
     if int(scale) > 1:
         img = img.repeat(int(scale), axis=0).repeat(int(scale), axis=1)
@@ -129,7 +129,8 @@ def roi_quicklook(ds: xr.Dataset, roi: str, time: int, **options) -> Quicklook:
     one = sel_roi(ds, roi)
     labels = [int(t) for t in np.atleast_1d(one["time"].values)]
     if isinstance(time, bool) or not isinstance(time, int | np.integer) or int(time) not in labels:
-        raise SelectionError(f"slot {time!r} is not in this Dataset; its time labels are "
-                             f"{labels} (slots are named by label, e.g. quicklook({roi!r}, "
+        shown = int(time) if isinstance(time, np.integer) else time  # 5, not np.int64(5)
+        raise SelectionError(f"slot {shown!r} is not in this Dataset; its time labels are "
+                             f"{labels} (slots are named by label, e.g. quicklook({str(roi)!r}, "
                              f"{labels[0] if labels else 0}))")
     return quicklook(one.s2.sel(time=int(time)), title=f"{roi} slot {int(time)}", **options)

@@ -47,7 +47,7 @@ def to_pixels(frame_values: xr.DataArray, patch_size: int) -> xr.DataArray:
     else:
         data = np.repeat(np.repeat(data, patch_size, axis=v.get_axis_num("row")),
                          patch_size, axis=v.get_axis_num("col"))
-    dims = tuple({"row": "y", "col": "x"}.get(d, d) for d in v.dims)
+    dims = tuple({"row": "y", "col": "x"}.get(str(d), d) for d in v.dims)
     coords = {k: c for k, c in v.coords.items() if "row" not in c.dims and "col" not in c.dims}
     return xr.DataArray(data, dims=dims, coords=coords, name=v.name, attrs=v.attrs)
 
@@ -177,7 +177,7 @@ def cloudiness(
         "mean_coverage": sums["coverage_sum"] / n.where(n > 0),
         "cloudy_share": sums["cloudy_frames"] / n.where(n > 0),
         "clear_share": sums["clear_frames"] / n.where(n > 0),
-        "frames": n.astype(np.int64),
+        "frames": n.fillna(0).astype(np.int64),  # NaN: a label combination without ROIs
     })
     out["mean_coverage"].attrs["long_name"] = f"mean {detector} coverage of the valid frames"
     out["cloudy_share"].attrs["long_name"] = f"share of frames with coverage > {cloudy}"

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 #: ``chunks=`` choices: one patch's whole series per dask chunk (the stored shard, the unit of
 #: the analyses), or one patch at one slot (the stored inner chunk, the unit of the loader)
-CHUNK_CHOICES = {"series": {}, "frame": {"time": 1}}
+CHUNK_CHOICES = {"series": {}, "frame": {"time": 1, "patch": 1}}  # patch: SEN12MS-CR cubes
 
 
 def open_cube(
@@ -88,7 +88,8 @@ def open_cube(
     # xarray chunked the coordinates too; they come from the root metadata: keep them NumPy
     chunked = {k for k in ds.coords if ds[k].chunks is not None}
     if chunked:
-        ds = ds.assign_coords({k: v for k, v in coordinates(ds.sizes, ds.attrs).items()
+        sizes = {str(d): n for d, n in ds.sizes.items()}
+        ds = ds.assign_coords({k: v for k, v in coordinates(sizes, ds.attrs).items()
                                if k in chunked})
     state = ds.attrs.get(schema.ATTR_STATE)
     if state != schema.STATE_COMPLETE:

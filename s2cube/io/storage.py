@@ -25,9 +25,13 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from s2cube.errors import StorageError
+
+if TYPE_CHECKING:  # obstore's option types exist for type checkers only
+    from obstore import GetOptions
+    from obstore.store import ClientConfig, RetryConfig, S3Config, S3Credential
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +224,7 @@ class RefreshingCredentials:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.options, self._creds = state["options"], None
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self) -> S3Credential:
         if self._creds is None:
             import botocore.session
 
@@ -333,7 +337,7 @@ def obstore_s3(loc: Location, *, settings: S3Settings | None = None):
     from obstore.store import S3Store
 
     s = settings or s3_settings(loc.storage_options)
-    config: dict[str, Any] = {"region": s.region}
+    config: S3Config = {"region": s.region}
     if s.endpoint_url:
         config["endpoint"] = s.endpoint_url
     provider = None
@@ -341,20 +345,22 @@ def obstore_s3(loc: Location, *, settings: S3Settings | None = None):
         config["skip_signature"] = True
     elif s.refreshable:
         provider = RefreshingCredentials(loc.storage_options)
-    elif s.key:
+    elif s.key and s.secret:  # a key always comes with its secret (S3Settings)
         config |= {"access_key_id": s.key, "secret_access_key": s.secret}
         if s.token:
             config["session_token"] = s.token
     else:
         raise _no_credentials(loc, s)
-    client = {"connect_timeout": timedelta(seconds=CONNECT_TIMEOUT_S),
-              "timeout": timedelta(seconds=10 * READ_TIMEOUT_S),
-              "allow_http": bool(s.endpoint_url and s.endpoint_url.startswith("http://"))}
+    client: ClientConfig = {"connect_timeout": timedelta(seconds=CONNECT_TIMEOUT_S),
+                            "timeout": timedelta(seconds=10 * READ_TIMEOUT_S),
+                            "allow_http": bool(s.endpoint_url
+                                               and s.endpoint_url.startswith("http://"))}
     # fast first retries, a time budget that outlasts a server restart: see RETRY_* above
-    retry = {"max_retries": MAX_RETRIES, "retry_timeout": timedelta(seconds=RETRY_BUDGET_S),
-             "backoff": {"init_backoff": timedelta(milliseconds=RETRY_INIT_BACKOFF_MS),
-                         "max_backoff": timedelta(seconds=RETRY_MAX_BACKOFF_S),
-                         "base": RETRY_BACKOFF_BASE}}
+    retry: RetryConfig = {
+        "max_retries": MAX_RETRIES, "retry_timeout": timedelta(seconds=RETRY_BUDGET_S),
+        "backoff": {"init_backoff": timedelta(milliseconds=RETRY_INIT_BACKOFF_MS),
+                    "max_backoff": timedelta(seconds=RETRY_MAX_BACKOFF_S),
+                    "base": RETRY_BACKOFF_BASE}}
     return S3Store(loc.bucket, prefix=loc.key or None, config=config, client_options=client,
                    retry_config=retry, credential_provider=provider)
 
@@ -365,7 +371,7 @@ _FS_CACHE: dict[tuple, Any] = {}
 _FS_LOCK = threading.Lock()
 
 
-def backend_of(backend: Backend | None = None) -> Backend:
+def backend_of(backend: str | None = None) -> Backend:
     """``backend``, else ``$S2CUBE_STORAGE_BACKEND``, else :data:`DEFAULT_BACKEND`."""
     chosen = backend or os.environ.get("S2CUBE_STORAGE_BACKEND") or DEFAULT_BACKEND
     if chosen not in ("fsspec", "obstore"):
@@ -452,7 +458,7 @@ def _fast_s3fs_class():
                 if "bounded" in options:
                     got = await obstore.get_range_async(store, key, start=start, end=end)
                     return got.to_bytes()
-                resp = await obstore.get_async(store, key, options=options)
+                resp = await obstore.get_async(store, key, options=cast("GetOptions", options))
                 return (await resp.bytes_async()).to_bytes()
             except Exception as exc:
                 _reraise_as_os_error(exc, path)
@@ -477,9 +483,9 @@ def _fast_s3fs_class():
 
 def _range_options(start: int | None, end: int | None) -> dict | None:
     """obstore GET options for an fsspec ``start``/``end`` (``None``: leave it to s3fs)."""
-    if start is None and end is None:
-        return {}
     if end is None:
+        if start is None:
+            return {}
         return {"range": {"offset": start}} if start >= 0 else {"range": {"suffix": -start}}
     if start is not None and 0 <= start < end:
         return {"bounded": True}
@@ -570,6 +576,27 @@ def check_access(loc: Location, *, write: bool = False, expect: str | None = Non
         _preflight_step(step, loc, action, settings, expect)
 
 
+def missing_bucket(loc: Location) -> StorageError | None:
+    """A :class:`StorageError` saying so when the bucket of ``loc`` does not exist, else None.
+
+    For the moment a read found nothing: an object store answers "not found" alike for a
+    missing key and a missing bucket, and the two need different fixes. One request; any
+    answer but "no such bucket" (including no permission to ask) gives None.
+    """
+    if not loc.is_s3:
+        return None
+    settings = None
+    try:
+        settings = s3_settings(loc.storage_options)
+        if not settings.anon and not settings.key:
+            return None
+        _preflight_client(settings).list_objects_v2(Bucket=loc.bucket, MaxKeys=1)
+    except Exception as exc:
+        if _error_code(exc)[0] == "NoSuchBucket":
+            return storage_error(exc, loc, settings=settings)
+    return None
+
+
 def _preflight_step(step, loc: Location, action: str, settings: S3Settings,
                     expect: str | None) -> None:
     try:
@@ -645,7 +672,7 @@ def storage_error(exc: BaseException, loc: Location, *, action: str = "read",
     return StorageError(redact(msg, loc.storage_options))
 
 
-def _error_code(exc: BaseException) -> tuple[str | None, str]:
+def _error_code(exc: BaseException | None) -> tuple[str | None, str]:
     """A normalised S3 error code for ``exc`` (walking its causes) and a short text."""
     seen = set()
     while exc is not None and id(exc) not in seen:

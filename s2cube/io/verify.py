@@ -61,7 +61,7 @@ class VerifyReport:
 
     def patches(self) -> set[tuple[str, int, int]]:
         """``(roi, row, col)`` of every patch location holding a bad chunk."""
-        return {(b.roi, b.row, b.col) for b in self.bad if b.row is not None}
+        return {(b.roi, b.row, b.col) for b in self.bad if b.row is not None and b.col is not None}
 
 
 def _check_shard(reader: ChunkReader, var: str, roi: int, row: int, col: int,
@@ -86,6 +86,7 @@ def _check_shard(reader: ChunkReader, var: str, roi: int, row: int, col: int,
                                  else bytes(view[:lay.index_nbytes]), len(view))
     if isinstance(parsed, str):
         return 0, [bad(parsed)]
+    assert parsed is not None  # None only when there are no bytes
     out: list[BadChunk] = []
     frame = np.empty(lay.frame_shape, np.dtype(lay.dtype))
     checked = 0
@@ -130,7 +131,7 @@ def _patch_task(source: CubeSource, roi: int, row: int, col: int, decode: bool) 
         valid = source.valid(var)
         inside = valid is not None and roi < valid.shape[0] and row < valid.shape[2] \
             and col < valid.shape[3]  # the small arrays may predate this patch location
-        expected = np.asarray(valid[roi, :, row, col]) if inside else None
+        expected = np.asarray(valid[roi, :, row, col]) if valid is not None and inside else None
         n, b = _check_shard(reader, var, roi, row, col, expected, decode)
         total += n
         bad += b
@@ -171,6 +172,12 @@ def verify_cube(url: str | os.PathLike, storage_options: dict | None = None, *,
         Called as ``progress(done, total)`` as patch locations finish.
     """
     source, _ = open_source(url, storage_options, allow_incomplete=True)
+    if getattr(source, "kind", None) == "sen12ms-cr":  # patches on one dim: its own shards
+        from s2cube.io.crverify import verify_cr
+
+        positions = None if patches is None else [(int(r), 1) for _, r, _ in patches]
+        return verify_cr(url, storage_options, client=client, decode=decode,
+                         positions=positions, progress=progress)
     report = VerifyReport(source.url)
     small_n, small_bad = _small_task(source)
     report.chunks += small_n
@@ -202,7 +209,8 @@ def _run(client, source, cells, decode, progress, total) -> list:
 
         out = []
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            futures = [pool.submit(_patch_task, source, *c, decode) for c in cells]
+            futures = [pool.submit(_patch_task, source, roi, row, col, decode)
+                       for roi, row, col in cells]
             for k, f in enumerate(futures, 1):
                 out.append(f.result())
                 if progress:

@@ -149,6 +149,10 @@ def view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",),
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected an xarray Dataset from s2cube.open_cube, got {type(ds).__name__}")
+    if ds.attrs.get("cube_kind") == "sen12ms-cr":
+        raise SelectionError("this is a SEN12MS-CR cube (one cloudy image per patch, no time "
+                             "series): load it with s2cube.torch.SEN12MSCR, make_loader or "
+                             "ds.s2cube.batches; this verb works on SEN12MS-CR-TS cubes")
     if "roi" not in ds.dims:  # one ROI selected with its dim dropped
         ds = ds.expand_dims("roi")
     source = _source(ds, variables)

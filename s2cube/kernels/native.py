@@ -150,8 +150,9 @@ def _numba_cache_dir(path: Path) -> Iterator[None]:
     numba picks a function's cache directory when it is decorated and keeps it, so nothing
     else in the process (other packages' numba functions) sees the change.
     """
-    from numba.core import config
+    from numba.core import config as numba_config
 
+    config: Any = numba_config  # CACHE_DIR is set at run time (from NUMBA_CACHE_DIR), untyped
     before = config.CACHE_DIR
     config.CACHE_DIR = str(path)
     try:

@@ -34,8 +34,8 @@ PLAN_COLUMNS = ("roi", "row", "col", "inputs", "target")
 def _series(ds: xr.Dataset, table: pd.DataFrame, detector: str) -> np.ndarray:
     """The (N, T) coverage of the table's patches over the Dataset's slots (blank rule applied)."""
     one = ds if "roi" in ds.dims else ds.expand_dims("roi")
-    cov = one["coverage"].sel(detector=schema.detector_name(detector), drop=True)
-    cov = np.asarray(cov.transpose("roi", "time", "row", "col").values)
+    stored = one["coverage"].sel(detector=schema.detector_name(detector), drop=True)
+    cov = np.asarray(stored.transpose("roi", "time", "row", "col").values)
     where = (table["roi_pos"].to_numpy(), slice(None), table["row_pos"].to_numpy(),
              table["col_pos"].to_numpy())
     series = cov[where].reshape(len(table), -1)
@@ -148,7 +148,7 @@ def resolve(ds: xr.Dataset, plan: Any) -> Resolved:
     names = np.array(roi_names(one), dtype=object)
     roi = _lookup(names, table["roi"].to_numpy(dtype=object))
     if (roi < 0).any():
-        unknown = sorted(set(table.loc[roi < 0, "roi"]))
+        unknown = sorted({str(r) for r in table.loc[roi < 0, "roi"]})  # names, not np.str_
         raise PlanError(f"the plan names ROI(s) {unknown} that this Dataset does not hold (it "
                         f"holds {names.tolist()}); select them or use another plan")
     rows = np.asarray(one["row"].values, np.int64)

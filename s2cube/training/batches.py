@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from s2cube import schema
+from s2cube import schema, sen12mscr
 from s2cube.errors import SelectionError
 from s2cube.grid import patch_bounds
 from s2cube.io.reader import FrameRequest, Post
@@ -208,6 +208,7 @@ class SampleReader:
         self.alloc = alloc
         self.pool = BufferPool()
         src = view.source
+        self._lay = src.layouts
         self.chunks = ChunkReader(src.url, src.layouts, roi_names=src.roi_names,
                                   storage_options=src.loc.storage_options, threads=threads)
         self._bands = None if np.array_equal(view.band, np.arange(len(schema.BANDS))) \
@@ -275,20 +276,22 @@ class SampleReader:
             i, r, c = int(s_roi[b]), int(s_row[b]), int(s_col[b])
             s2_sel = None if (self._bands is None and size == p) else \
                 (self._bands if self._bands is not None else slice(None), *win)
+            lay = self._lay
             for k in range(t_n):
                 t = int(s_slot[b, k])
-                reqs.append(FrameRequest("s2", i, r, c, t, out["S2"][b, k], s2_sel, self._s2_post,
-                                         bool(has_s2[b, k])))
+                reqs.append(FrameRequest.at(lay["s2"], i, r, c, t, out["S2"][b, k], s2_sel,
+                                            self._s2_post, bool(has_s2[b, k])))
                 if self.s1:
                     s1_sel = None if (self._pols is None and size == p) else \
                         (self._pols if self._pols is not None else slice(None), *win)
-                    reqs.append(FrameRequest("s1", i, r, c, t, out["S1"][b, k], s1_sel,
-                                             self._s1_post, bool(has_s1[b, k])))
+                    reqs.append(FrameRequest.at(lay["s1"], i, r, c, t, out["S1"][b, k], s1_sel,
+                                                self._s1_post, bool(has_s1[b, k])))
                 if self.detector is None:
                     continue
                 m_sel = None if size == p else win
-                reqs.append(FrameRequest(self._mask_var, i, r, c, t, out["masks"][b, k], m_sel,
-                                         self._mask_posts[bool(blank[b, k])], bool(has_s2[b, k])))
+                reqs.append(FrameRequest.at(lay[self._mask_var], i, r, c, t, out["masks"][b, k],
+                                            m_sel, self._mask_posts[bool(blank[b, k])],
+                                            bool(has_s2[b, k])))
                 if gaps is None:
                     continue
                 gslot = int(gaps.slot[b, k])
@@ -296,8 +299,8 @@ class SampleReader:
                     out["gap_masks"][b, k].fill(0)
                 else:
                     gr, gc = int(gaps.row[b, k]), int(gaps.col[b, k])
-                    reqs.append(FrameRequest(
-                        self._mask_var, i, int(v.row[gr]), int(v.col[gc]), int(v.time[gslot]),
+                    reqs.append(FrameRequest.at(
+                        lay[self._mask_var], i, int(v.row[gr]), int(v.col[gc]), int(v.time[gslot]),
                         out["gap_masks"][b, k], m_sel, self._mask_posts[False],
                         bool(v.valid_s2[roi[b], gslot, gr, gc])))
         self.chunks.read(reqs)
@@ -358,6 +361,12 @@ class SampleOptions:
                              "0 <= min_cov <= max_cov <= 1")
         if self.rescale_method is not None:
             _check_method(self.rescale_method)
+        start, stop = (int(v) for v in self.subset)
+        if self.sampler == "fixedsubset" and not (
+                0 <= start < stop <= schema.N_SLOTS and stop - start > self.n_input_samples):
+            raise ValueError(f"subset={tuple(self.subset)} must be a slot range inside 0..."
+                             f"{schema.N_SLOTS} holding at least n_input_samples + 1 = "
+                             f"{self.n_input_samples + 1} slots")
 
 
 class SampleSet:
@@ -618,14 +627,25 @@ def iter_batches(cube: Any, *, split: str = "train", region: str = "all",
                  batch_size: int = 8, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                  crop: int | None = None, window: int | None = None,
                  gap_probability: float = 0.0, threads: int = 2, s1: bool = True,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, **cr_options: Any):
     """NumPy batches of one epoch, in one process (the loader without torch).
 
     ``cube`` is a Dataset from :func:`s2cube.open_cube` — any selection of its ROIs, slots,
     bands and whole patches, streamed as it is — or the path or URL of a cube. The same
     batches as :func:`s2cube.torch.make_loader` (same options, one rank, one worker) as
     dicts of NumPy arrays; see :meth:`BatchMaker.read_batch` for their keys.
+    A SEN12MS-CR cube's batches come from :func:`s2cube.training.crsamples.iter_batches`
+    (``split_mode`` chooses its splits; the time-series options do not apply).
     """
+    cube = source_of(cube, storage_options)  # opened once; a Dataset stays as it is
+    if sen12mscr.is_cr(cube):
+        from s2cube.training import crsamples
+
+        return crsamples.iter_batches(cube, split=split, batch_size=batch_size, shuffle=shuffle,
+                                      seed=seed, epoch=epoch, crop=crop, threads=threads, s1=s1,
+                                      storage_options=storage_options, **cr_options)
+    if cr_options:
+        raise ValueError(f"{', '.join(sorted(cr_options))}: options of SEN12MS-CR cubes only")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     opts = SampleOptions(split, region, cloud_masks, "cloudy_cloudfree", sampler,

@@ -10,8 +10,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
-from s2cube.testing import SeaweedServer, find_weed
+from servers import SeaweedServer, find_weed
 
 #: buckets of the session: ``cubes`` (private), ``public`` (anonymous read and list)
 BUCKET = "cubes"
@@ -76,7 +75,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def dask_cluster(seaweed):
     """``dask scheduler`` + 2 ``dask worker`` processes on 127.0.0.1; the workers hold the
     admin credentials in their AWS variables, as a deployment would give them."""
-    from s2cube.testing import DaskProcessCluster
+    from servers import DaskProcessCluster
 
     env = clean_env(**seaweed.env("admin"), OMP_NUM_THREADS="1")
     with DaskProcessCluster(2, env=env) as cluster:

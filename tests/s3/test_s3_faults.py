@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 import zarr
+from servers import FaultyS3Proxy, SeaweedServer
 
 from s2cube.io.storage import parse_location, zarr_store
-from s2cube.testing import FaultyS3Proxy, SeaweedServer
 
 pytestmark = pytest.mark.s3
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from s2cube.testing import SeaweedServer
+from servers import SeaweedServer
 
 pytestmark = pytest.mark.s3
 

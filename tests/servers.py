@@ -5,9 +5,11 @@
 - :class:`FaultyS3Proxy`: an HTTP proxy in front of the S3 server that counts requests and
   fails a seeded random fraction of them as a throttling S3 does (503 ``SlowDown``).
 
-Not imported by ``import s2cube``. Usage::
+Part of the repository's tests, not of the installed package: the tests import it as
+``servers`` (pytest puts ``tests/`` on the path), the benchmarks through
+``benchmarks/_servers.py``, and ``make demo-s3`` runs ``python tests/servers.py demo``. Usage::
 
-    from s2cube.testing import SeaweedServer
+    from servers import SeaweedServer
 
     with SeaweedServer() as server:
         server.create_bucket("cubes")
@@ -707,10 +709,10 @@ def _demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m s2cube.testing serve|demo``."""
+    """``python tests/servers.py serve|demo``."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m s2cube.testing",
+    ap = argparse.ArgumentParser(prog="python tests/servers.py",
                                  description="A local SeaweedFS S3 server for trying s2cube.")
     sub = ap.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a server until Ctrl-C")
