@@ -52,6 +52,12 @@ def validate(
     progress=None,
 ) -> ValidationReport:
     """Compare every GeoTIFF under ``source`` (or of ``rois``) with the cube at ``cube``."""
+    from s2cube_conversion import cr_archive, cr_validate  # SEN12MS-CR: its own layout
+
+    if cr_archive.is_cr_archive(source, source_storage_options or storage_options):
+        return cr_validate.validate(source, cube, rois=rois, storage_options=storage_options,
+                                    source_storage_options=source_storage_options,
+                                    client=client, progress=progress)
     src = parse_location(source, source_storage_options or storage_options)
     dst = parse_location(cube, storage_options)
     inventory = discover(src, rois=rois)

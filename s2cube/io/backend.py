@@ -18,6 +18,7 @@ without s2cube.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -29,10 +30,10 @@ import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
-from s2cube import schema
-from s2cube.errors import NotACubeError
+from s2cube import schema, sen12mscr
+from s2cube.errors import NotACubeError, S2CubeError
 from s2cube.io.reader import ArrayLayout, ChunkReader, FrameRequest, open_backend, parse_layout
-from s2cube.io.storage import Location, parse_location, redact, storage_error
+from s2cube.io.storage import Location, missing_bucket, parse_location, redact, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _array_metadata(loc: Location, root: dict) -> dict[str, dict]:
     if consolidated:
         return {k: v for k, v in consolidated.items()
                 if v.get("node_type") == "array" and "/" not in k}
-    names = [n for n in schema.VARIABLES]
+    names = [*schema.VARIABLES, *(n for n in sen12mscr.VARIABLES if n not in schema.VARIABLES)]
     backend = open_backend(loc)
     try:
         got = backend.read_many([(f"{n}/zarr.json", 0, None) for n in names])
@@ -153,10 +154,22 @@ class CubeSource:
         shape = lay.frame_shape if select is None else np.empty(lay.frame_shape, bool)[select].shape
         out = np.empty((len(slots), *shape), np.dtype(lay.dtype).newbyteorder("="))
         valid = self.valid(var)
-        self.reader().read([FrameRequest(var, roi, row, col, int(t), out[k], select, None,
-                                         bool(valid[roi, t, row, col]) if valid is not None
-                                         else False) for k, t in enumerate(slots)])
+        self.reader().read([FrameRequest.at(lay, roi, row, col, int(t), out[k], select, None,
+                                            bool(valid[roi, t, row, col]) if valid is not None
+                                            else False) for k, t in enumerate(slots)])
         return out
+
+    def expected(self, var: str):
+        """``expected(chunk) -> bool``: whether the inner chunk at grid ``chunk`` of ``var``
+        holds a frame the cube records as present (its ``valid_*`` flag)."""
+        valid = self.valid(var)
+        if valid is None:
+            return lambda chunk: False
+        lay = self.layouts[var]
+        flag = self.layouts[VALID_OF[var]].dims or ()
+        # a flag's dims are the frame's grid dims, with the pixel dims y/x counted in patches
+        axes = [lay.dims.index({"row": "y", "col": "x"}.get(d, d)) for d in flag]
+        return lambda chunk: bool(valid[tuple(int(chunk[a]) for a in axes)])
 
     def valid(self, var: str) -> np.ndarray | None:
         """``(roi, time, row, col)``: whether each frame of pixel variable ``var`` exists.
@@ -201,14 +214,25 @@ def open_source(url: str | os.PathLike, storage_options: dict | None = None, *,
     where = redact(loc.url, storage_options)
     try:
         root = read_root(loc)
+        if root is None and not loc.is_local:  # "not found": a missing bucket, or no cube
+            missing = missing_bucket(loc)
+            if missing is not None:
+                raise missing
         attrs = None if root is None else dict(root.get("attributes") or {})
         schema.check_cube_attrs(attrs, where, allow_incomplete=allow_incomplete)
+        assert root is not None and attrs is not None  # check_cube_attrs refused a missing root
         arrays = _array_metadata(loc, root)
+    except S2CubeError:
+        raise
     except Exception as exc:  # an object store's refusal, whatever library raised it
         err = None if loc.is_local else storage_error(exc, loc, action="read")
         if err is None:
             raise
         raise err from None
+    if sen12mscr.is_cr(attrs):  # the family's other kind: its own dims and variables
+        from s2cube.io.crcube import cr_source
+
+        return cr_source(loc, attrs, arrays), attrs
     layouts = {name: parse_layout(name, meta, frames=name in schema.PIXEL_VARIABLES)
                for name, meta in arrays.items() if name in schema.VARIABLES}
     grids = attrs.get("grids") or []
@@ -256,10 +280,11 @@ def _as_slice(pos: np.ndarray) -> slice | np.ndarray:
 
 
 class PixelArray(BackendArray):
-    """A pixel variable (``s2``, ``s1``, ``cloud_mask``, ``cloud_prob``) read frame by frame.
+    """A pixel variable read chunk by chunk (``s2``, ``s1``, ``cloud_mask``, ``cloud_prob``).
 
-    Any outer selection is resolved into the frames it touches; each frame is read, verified
-    and decoded once, straight into the result where the selection keeps whole frames.
+    Any outer selection is resolved into the inner chunks it touches (for a time-series
+    cube, one patch at one slot); each is read, verified and decoded once, straight into
+    the result where the selection keeps it whole. Works on any regular chunk grid.
     """
 
     def __init__(self, source: CubeSource, var: str) -> None:
@@ -275,51 +300,37 @@ class PixelArray(BackendArray):
 
     def _read(self, key: tuple) -> np.ndarray:
         lay = self.source.layouts[self.var]
-        p = lay.chunk[-1]
-        ndim = len(self.shape)
-        rois, drop_r = _positions(key[0], self.shape[0])
-        slots, drop_t = _positions(key[1], self.shape[1])
-        mid = key[2:ndim - 2]  # the channel dim (band or polarization), if any
-        ys, drop_y = _positions(key[ndim - 2], self.shape[ndim - 2])
-        xs, drop_x = _positions(key[ndim - 1], self.shape[ndim - 1])
-        chan = [(_positions(k, s)) for k, s in zip(mid, self.shape[2:ndim - 2])]
-        chan_idx = tuple(_as_slice(c[0]) for c in chan)
-        full = np.empty((rois.size, slots.size, *[c[0].size for c in chan], ys.size, xs.size),
-                        self.dtype)
-        valid = self.source.valid(self.var)
+        dims = [_positions(k, n) for k, n in zip(key, self.shape)]
+        full = np.empty(tuple(pos.size for pos, _ in dims), self.dtype)
+        runs = [list(_chunk_runs(pos, c)) for (pos, _), c in zip(dims, lay.chunk)]
+        expected = self.source.expected(self.var)
+        lead = lay.lead  # leading dims of size-1 chunks: one position per run, dropped in the frame
         reqs: list[FrameRequest] = []
-        for ry, y_in, y_out in _patch_runs(ys, p):
-            for cx, x_in, x_out in _patch_runs(xs, p):
-                whole = (isinstance(y_in, slice) and y_in == slice(0, p)
-                         and isinstance(x_in, slice) and x_in == slice(0, p)
-                         and all(isinstance(c, slice) and c == slice(0, s)
-                                 for c, s in zip(chan_idx, lay.frame_shape[:-2])))
-                select = None if whole else (*chan_idx, y_in, x_in)
-                for a, roi in enumerate(rois):
-                    for b, slot in enumerate(slots):
-                        expect = bool(valid[roi, slot, ry, cx]) if valid is not None else False
-                        out = full[(a, b, *[slice(None)] * len(chan), y_out, x_out)]
-                        reqs.append(FrameRequest(self.var, int(roi), int(ry), int(cx), int(slot),
-                                                 out, select, None, expect))
+        for combo in itertools.product(*runs):
+            chunk = tuple(r[0] for r in combo)
+            inside = tuple(r[1] for r in combo)[lead:]
+            whole = all(isinstance(i, slice) and i == slice(0, c)
+                        for i, c in zip(inside, lay.frame_shape))
+            out = full[tuple(r[2].start for r in combo[:lead]) + tuple(r[2] for r in combo[lead:])]
+            reqs.append(FrameRequest(self.var, chunk, out, None if whole else inside, None,
+                                     expected(chunk)))
         self.source.reader().read(reqs)
-        drop = (drop_r, drop_t, *[c[1] for c in chan], drop_y, drop_x)
-        return full[tuple(0 if d else slice(None) for d in drop)]
+        return full[tuple(0 if drop else slice(None) for _, drop in dims)]
 
 
-def _patch_runs(pos: np.ndarray, p: int):
-    """Group pixel positions by patch: ``(patch, index inside the patch, slice of the output)``.
+def _chunk_runs(pos: np.ndarray, size: int):
+    """Group positions along one dim by chunk: ``(chunk, index inside it, slice of the result)``.
 
-    Positions outside a run of one patch (out of order, repeated) make runs of their own.
+    Consecutive positions in one chunk make one run; positions out of order or repeated
+    make runs of their own.
     """
-    start = 0
-    n = pos.size
+    start, n = 0, pos.size
     while start < n:
-        cell = int(pos[start]) // p
+        cell = int(pos[start]) // size
         stop = start + 1
-        while stop < n and int(pos[stop]) // p == cell:
+        while stop < n and int(pos[stop]) // size == cell and pos[stop] > pos[stop - 1]:
             stop += 1
-        inside = pos[start:stop] - cell * p
-        yield cell, _as_slice(inside), slice(start, stop)
+        yield cell, _as_slice(pos[start:stop] - cell * size), slice(start, stop)
         start = stop
 
 
@@ -403,12 +414,16 @@ def _variable(source: CubeSource, name: str) -> xr.Variable:
 
 def open_dataset(source: CubeSource, attrs: dict, drop_variables: Any = None) -> xr.Dataset:
     """The lazy Dataset of ``source`` (what the backend entrypoint returns)."""
+    if getattr(source, "kind", None) == sen12mscr.KIND_CR:
+        from s2cube.io.crcube import open_cr_dataset
+
+        return open_cr_dataset(source, attrs, drop_variables)
     drop = set([drop_variables] if isinstance(drop_variables, str) else drop_variables or ())
     names = [n for n in schema.VARIABLES if n in source.layouts and n not in drop]
     variables = {n: _variable(source, n) for n in names}
     sizes: dict[str, int] = {}
     for v in variables.values():
-        sizes.update(v.sizes)
+        sizes.update({str(d): n for d, n in v.sizes.items()})
     grids = attrs.get("grids") or []
     if "roi" in sizes and len(grids) != sizes["roi"]:
         raise NotACubeError(f"{source.url}: its root attrs list {len(grids)} ROI grids for "
