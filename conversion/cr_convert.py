@@ -36,7 +36,7 @@ import numpy as np
 from s2cube import __version__, schema
 from s2cube import sen12mscr as cr
 from s2cube.errors import ConversionError, NotACubeError
-from s2cube.io.storage import Location, check_access, filesystem, parse_location, redact, zarr_store
+from s2cube.io.storage import Location, check_access, filesystem, parse_location, zarr_store
 from s2cube_conversion.cr_archive import (
     BLOCKS_DIR,
     LAYOUT_DIR,
@@ -50,15 +50,21 @@ from s2cube_conversion.cr_archive import (
 from s2cube_conversion.discover import Problem
 from s2cube_conversion.lock import CubeLock
 from s2cube_conversion.read import Georef, _short, georef_of, open_tif
-from s2cube_conversion.run import ConvertReport, Progress, Selection, _detector, dask_client
+from s2cube_conversion.run import (
+    ConvertReport,
+    Progress,
+    Selection,
+    _detector,
+    dask_client,
+    run_tasks,
+)
 from s2cube_conversion.write import (
     JOURNAL_GROUP,
     ROOT_META,
-    _created_meanwhile,
     _holds_anything,
-    _quiet,
-    _write_small,
+    grow_or_create,
     pixel_codecs,
+    publish,
     put_bytes,
     read_root,
     update_root,
@@ -147,29 +153,14 @@ def begin(cube: Location, the_plan: CrPlan, attrs: dict, *, s1_dtype: str) -> st
     for var in cr.PIXEL_VARIABLES:
         spec = cr.VARIABLES[var]
         shape = tuple(sizes[d] for d in spec.dims)
-        try:
-            array = group[var]
-        except KeyError:
-            array = None
-        if array is not None:
-            if array.shape != shape:
-                array.resize(shape)
-            if var == "s1":
-                s1_dtype = str(array.dtype)
-            continue
-        try:
-            zarr.create_array(
-                store, name=var, shape=shape, dtype=s1_dtype if var == "s1" else spec.dtype,
-                chunks=cr.inner_chunks(var, sizes),
-                shards=cr.shard_shape(var, sizes, the_plan.per_shard),
-                fill_value=spec.fill, dimension_names=spec.dims, attributes=_var_attrs(var),
-                **pixel_codecs("s1" if var == "s1" else "s2"))
-        except _created_meanwhile() as exc:
-            other = zarr.open_group(store, mode="r+", use_consolidated=False)[var]
-            if other.shape != shape:
-                raise ConversionError(f"{cube.url}: another conversion into this cube is "
-                                      f"starting with another layout ({var} {other.shape}, here "
-                                      f"{shape}); wait for it, then run again") from exc
+        found = grow_or_create(
+            cube, group, var, shape, dtype=s1_dtype if var == "s1" else spec.dtype,
+            chunks=cr.inner_chunks(var, sizes),
+            shards=cr.shard_shape(var, sizes, the_plan.per_shard),
+            fill_value=spec.fill, dimension_names=spec.dims, attributes=_var_attrs(var),
+            **pixel_codecs("s1" if var == "s1" else "s2"))
+        if var == "s1" and found is not None:
+            s1_dtype = found
     return s1_dtype
 
 
@@ -452,47 +443,9 @@ def finalize(cube: Location, scenes: list[cr.Scene], patch_size: int, attrs: dic
     Returns every problem and gap the journal records, as ``{path: message}``. With
     ``lock`` (the conversion's), stops if another conversion took it over.
     """
-    import zarr
-
     records = read_records(cube)
-    small = small_dataset(records, scenes, patch_size)
-    root_attrs = (read_root(cube) or {}).get("attributes", {})
-    store = zarr_store(cube)
-    for attempt in range(3):
-        try:
-            _write_small(store, small)
-            break
-        except _created_meanwhile() as exc:
-            if attempt == 2:
-                raise ConversionError(f"{cube.url}: another conversion keeps rewriting this "
-                                      "cube's small variables; wait for it, then run again") from exc
     problems = {p: m for rec in records.values() for p, m in [*rec.gaps, *rec.problems]}
-
-    def with_attrs(meta: dict | None) -> dict:
-        meta = dict(meta or {})
-        meta.pop("consolidated_metadata", None)
-        meta["attributes"] = {**root_attrs, **meta.get("attributes", {}), **attrs,
-                              "problems": [{"path": p, "message": m}
-                                           for p, m in sorted(problems.items())],
-                              schema.ATTR_STATE: schema.STATE_WRITING}
-        return meta
-
-    def complete(meta: dict | None) -> dict:
-        if not (meta or {}).get("consolidated_metadata"):
-            raise ConversionError(f"{cube.url}/{ROOT_META} changed while this conversion "
-                                  "finalised it (another program writes the cube); stop it, "
-                                  "then run the same command again (it resumes)")
-        meta["attributes"][schema.ATTR_STATE] = schema.STATE_COMPLETE
-        return meta
-
-    if lock is not None:
-        lock.check()
-    update_root(cube, with_attrs)
-    with _quiet():
-        zarr.consolidate_metadata(store)
-    if lock is not None:
-        lock.check()  # never mark complete a cube another conversion has taken over
-    update_root(cube, complete)
+    publish(cube, small_dataset(records, scenes, patch_size), attrs, problems, lock)
     return problems
 
 
@@ -602,40 +555,7 @@ def convert(source, cube, *, selection: Selection | None = None, s1: bool = True
 
 def _run_blocks(client, job: CrJob, todo: list[BlockTask], progress, storage_options) -> None:
     """One task per block, a bounded number in flight; every failure listed."""
-    import itertools
-
-    from dask.distributed import as_completed
-
-    job_future = client.scatter(job, broadcast=True, hash=False)
-    n_slots = max(4, 2 * sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
-    pending = iter(todo)
-    failures: list[str] = []
-
-    def submit(task: BlockTask):
-        return client.submit(convert_block, job_future, task,
-                             key=f"block-{job.run_id}-{task.key}", retries=2, pure=False)
-
-    futures = as_completed([submit(t) for t in itertools.islice(pending, n_slots)],
-                           with_results=False)
-    done = 0
-    for fut in futures:
-        done += 1
-        if fut.status == "error":
-            exc = fut.exception()
-            failures.append(redact(f"{fut.key}: {type(exc).__name__}: {exc}", storage_options))
-        elif fut.status != "finished":
-            failures.append(f"{fut.key}: task {fut.status} (a worker was lost?)")
-        fut.release()
-        nxt = next(pending, None)
-        if nxt is not None:
-            futures.add(submit(nxt))
-        if progress is not None:
-            progress(done, len(todo))
-    if failures:
-        raise ConversionError(
-            f"{len(failures)} block(s) failed; the cube is left incomplete and resumable: fix "
-            "the cause and run the same command again:\n"
-            + "\n".join(f"  - {f}" for f in failures[:50]))
+    run_tasks(client, convert_block, job, todo, "block", progress, storage_options)
 
 
 def damaged_blocks(dst: Location, tasks: list[BlockTask]) -> list[BlockTask]:

@@ -16,11 +16,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from s2cube import __version__, schema
 from s2cube.errors import ConversionError
 from s2cube.io.storage import Location, check_access, parse_location, redact
-from s2cube_conversion.discover import Problem, discover
+from s2cube_conversion.discover import discover
 from s2cube_conversion.lock import CubeLock
 from s2cube_conversion.patch import Job, convert_patch
 from s2cube_conversion.plan import PatchTask, patch_georef, plan
@@ -270,15 +271,27 @@ def dask_client(client, scheduler, n_workers, threads_per_worker) -> Iterator:
 
 def _run_tasks(client, job: Job, todo: list[PatchTask], progress, storage_options) -> None:
     """Submit one task per patch location, a bounded number in flight, and wait for all."""
+    run_tasks(client, convert_patch, job, todo, "patch location", progress, storage_options)
+
+
+def run_tasks(client, fn: Callable, job: Any, todo: list, what: str, progress,
+              storage_options) -> None:
+    """``fn(job, task)`` for every task of ``todo`` on ``client``, a bounded number in flight.
+
+    ``job`` is scattered once to every worker; each task's ``key`` names its future. Waits for
+    all, then raises one :class:`ConversionError` listing every failed ``what`` (the cube is
+    left resumable). ``progress(done, total)`` is called as tasks finish.
+    """
     from dask.distributed import as_completed
 
     job_future = client.scatter(job, broadcast=True, hash=False)
     n_slots = max(4, 2 * sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
     pending = iter(todo)
-    failures: list[Problem] = []
+    failures: list[str] = []
+    prefix = what.split()[0]
 
-    def submit(task: PatchTask):
-        return client.submit(convert_patch, job_future, task, key=f"patch-{job.run_id}-{task.key}",
+    def submit(task):
+        return client.submit(fn, job_future, task, key=f"{prefix}-{job.run_id}-{task.key}",
                              retries=2, pure=False)
 
     futures = as_completed([submit(t) for t in itertools.islice(pending, n_slots)],
@@ -288,9 +301,9 @@ def _run_tasks(client, job: Job, todo: list[PatchTask], progress, storage_option
         done += 1
         if fut.status == "error":
             exc = fut.exception()
-            failures.append(Problem(fut.key, redact(f"{type(exc).__name__}: {exc}", storage_options)))
+            failures.append(redact(f"{fut.key}: {type(exc).__name__}: {exc}", storage_options))
         elif fut.status != "finished":  # cancelled or lost with its worker: say so, never skip
-            failures.append(Problem(fut.key, f"task {fut.status} (a worker was lost?)"))
+            failures.append(f"{fut.key}: task {fut.status} (a worker was lost?)")
         fut.release()
         nxt = next(pending, None)
         if nxt is not None:
@@ -299,6 +312,6 @@ def _run_tasks(client, job: Job, todo: list[PatchTask], progress, storage_option
             progress(done, len(todo))
     if failures:
         raise ConversionError(
-            f"{len(failures)} patch location(s) failed; the cube is left incomplete and "
+            f"{len(failures)} {what}(s) failed; the cube is left incomplete and "
             "resumable: fix the cause and run the same command again:\n"
-            + "\n".join(f"  - {f.message}" for f in failures[:50]))
+            + "\n".join(f"  - {f}" for f in failures[:50]))

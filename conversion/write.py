@@ -218,31 +218,44 @@ def begin(
     for var in schema.PIXEL_VARIABLES:
         spec = schema.VARIABLES[var]
         shape = tuple(sizes[d] for d in spec.dims)
-        try:
-            array = group[var]
-        except KeyError:
-            array = None
-        if array is not None:
-            if array.shape != shape:
-                array.resize(shape)
-            if var == "s1":
-                s1_dtype = str(array.dtype)
-            continue
-        try:
-            zarr.create_array(
-                store, name=var, shape=shape, dtype=s1_dtype if var == "s1" else spec.dtype,
-                chunks=schema.inner_chunks(var, sizes, patch_size),
-                shards=schema.shard_shape(var, sizes, patch_size),
-                fill_value=spec.fill, dimension_names=spec.dims,
-                attributes=_var_attrs(var), **pixel_codecs(var),
-            )
-        except _created_meanwhile() as exc:  # another conversion of the same cube made it
-            other = zarr.open_group(store, mode="r+", use_consolidated=False)[var]
-            if other.shape != shape:
-                raise ConversionError(f"{cube.url}: another conversion into this cube is "
-                                      f"starting with another layout ({var} {other.shape}, "
-                                      f"here {shape}); wait for it, then run again") from exc
+        found = grow_or_create(
+            cube, group, var, shape, dtype=s1_dtype if var == "s1" else spec.dtype,
+            chunks=schema.inner_chunks(var, sizes, patch_size),
+            shards=schema.shard_shape(var, sizes, patch_size),
+            fill_value=spec.fill, dimension_names=spec.dims,
+            attributes=_var_attrs(var), **pixel_codecs(var))
+        if var == "s1" and found is not None:
+            s1_dtype = found  # the cube's S1 dtype wins over this run's choice
     return records, s1_dtype
+
+
+def grow_or_create(cube: Location, group: Any, var: str, shape: tuple[int, ...],
+                   **create: Any) -> str | None:
+    """Resize the pixel array ``var`` of ``group`` to ``shape``, or create it (``create``:
+    the arguments of :func:`zarr.create_array`); its dtype if it existed, else None.
+
+    Another conversion creating the same array at the same moment is fine when it makes it
+    with the same shape; otherwise a :class:`ConversionError` says to wait for it.
+    """
+    import zarr
+
+    try:
+        array = group[var]
+    except KeyError:
+        array = None
+    if array is not None:
+        if array.shape != shape:
+            array.resize(shape)
+        return str(array.dtype)
+    try:
+        zarr.create_array(group.store, name=var, shape=shape, **create)
+    except _created_meanwhile() as exc:  # another conversion of the same cube made it
+        other = zarr.open_group(group.store, mode="r+", use_consolidated=False)[var]
+        if other.shape != shape:
+            raise ConversionError(f"{cube.url}: another conversion into this cube is "
+                                  f"starting with another layout ({var} {other.shape}, "
+                                  f"here {shape}); wait for it, then run again") from exc
+    return None
 
 
 def _merge_layout(cube: Location, existing: dict | None, grids: list[RoiGrid],
@@ -449,10 +462,22 @@ def finalize(cube: Location, layout: list[RoiGrid], patch_size: int, attrs: dict
     Returns the journal records' problems as ``{path: message}``. With ``lock`` (the
     conversion's), stops with a :class:`ConversionError` if another conversion took it over.
     """
+    records = read_records(cube)
+    problems = {p: m for rec in records.values() for p, m in rec.problems}
+    publish(cube, small_dataset(records, layout, patch_size), attrs, problems, lock)
+    return problems
+
+
+def publish(cube: Location, small: Any, attrs: dict, problems: dict[str, str],
+            lock: CubeLock | None = None) -> None:
+    """The last step of every conversion: write ``small`` (the small variables and
+    coordinates), the root attrs with ``problems``, consolidate, then mark the cube complete.
+
+    Each root update is a compare-and-swap; with ``lock``, stops with a
+    :class:`ConversionError` before either update if another conversion took the lock over.
+    """
     import zarr
 
-    records = read_records(cube)
-    small = small_dataset(records, layout, patch_size)
     root_attrs = (read_root(cube) or {}).get("attributes", {})
     store = zarr_store(cube)
     for attempt in range(3):
@@ -464,7 +489,6 @@ def finalize(cube: Location, layout: list[RoiGrid], patch_size: int, attrs: dict
                 raise ConversionError(f"{cube.url}: another conversion keeps rewriting this "
                                       "cube's small variables; wait for it, then run again "
                                       "(it resumes)") from exc
-    problems = {p: m for rec in records.values() for p, m in rec.problems}
 
     def with_attrs(meta: dict | None) -> dict:
         meta = dict(meta or {})
@@ -492,4 +516,3 @@ def finalize(cube: Location, layout: list[RoiGrid], patch_size: int, attrs: dict
     if lock is not None:
         lock.check()  # never mark complete a cube another conversion has taken over
     update_root(cube, complete)
-    return problems
