@@ -587,3 +587,23 @@ def test_convert_writes_the_catalog_on_request(synthetic_archive, small_cube, tm
                                        "--no-progress", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cube.stac" / "collection.json").exists()
+
+
+def test_the_readme_find_and_open_section_runs_and_finds_the_roi_in_its_box(small_cube, tmp_path):
+    """README's "Find and open" block, verbatim but for the cube's path, on a copy of the cube:
+    the box over Japan finds ROIs1868_73 (and not the African ROI), which is what is opened."""
+    import re
+    import shutil
+
+    import s2cube
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Find and open (STAC)", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shutil.copytree(small_cube, tmp_path / "cube.zarr")
+    env: dict = {"s2cube": s2cube}
+    exec(compile(code.replace("demo-output/", f"{tmp_path}/"), "README.md", "exec"), env)
+    assert [item.id for item in env["items"]] == ["ROIs1868_73"]
+    assert env["rois"].roi.values.tolist() == ["ROIs1868_73"]
+    assert sorted(env["ds"].roi.values.tolist()) == sorted(s2cube.open_cube(small_cube).roi.values.tolist())
+    assert (tmp_path / "cube.stac" / "collection.json").exists()
