@@ -308,11 +308,13 @@ def fit_series(
         torch.manual_seed(int(opts.seed))
         net = SeriesNet(x.shape[1], bands, opts.width)
     with torch.no_grad():
+        bias = net.out.bias
+        assert bias is not None  # SeriesNet's output convolution has a bias
         if base is None:  # start from each band's observed mean
-            net.out.bias.copy_(torch.from_numpy(_band_means(frames.s2, fitted)))
+            bias.copy_(torch.from_numpy(_band_means(frames.s2, fitted)))
         else:  # start from the base: the network's correction starts at zero
             net.out.weight.zero_()
-            net.out.bias.zero_()
+            bias.zero_()
     net = net.to(device)
     x, target, fit_mask, val_mask = (a.to(device) for a in (x, target, fit_mask, val_mask))
     start = None if base is None else torch.from_numpy(base).to(device)
@@ -366,7 +368,11 @@ def fit_series(
     fit_seconds = time.perf_counter() - began
     logger.info("fitted a %d-frame %d² series on %s: %d steps (best %d), %.1f s reading, "
                 "%.1f s fitting", t, side, device, step, best[1], read_seconds, fit_seconds)
-    return FitResult(prediction=best[2].astype(np.float32), losses=losses, checks=checks,
+    prediction = best[2]
+    if prediction is None:  # every check's held-out loss was NaN
+        raise FloatingPointError(f"the fit's loss on the held-out pixels was never finite "
+                                 f"({len(checks)} checks over {step} steps); lower lr")
+    return FitResult(prediction=prediction.astype(np.float32), losses=losses, checks=checks,
                      best_step=best[1], steps=step, read_seconds=read_seconds,
                      fit_seconds=fit_seconds, device=str(device), window=win)
 

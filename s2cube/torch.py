@@ -21,7 +21,8 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from s2cube.errors import S2CubeError
 from s2cube.io.view import source_of
 from s2cube.plans import rules as sampling
 from s2cube.training import batches as _samples
+
+if TYPE_CHECKING:
+    from s2cube.training.crsamples import CrSampleSet
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +89,12 @@ class SEN12MSCRTS(Dataset):
                  storage_options: dict | None = None) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
             raise ValueError(f"threads={threads!r} must be an integer of at least 1")
+        start_stop = tuple(subset)
+        if len(start_stop) != 2:
+            raise ValueError(f"subset={subset!r} must be a slot range (start, stop)")
         opts = _samples.SampleOptions(split, region, cloud_masks, sample_type, sampler,
                                       int(n_input_samples), rescale_method, float(min_cov),
-                                      float(max_cov), stable_sort, tuple(subset), int(seed))
+                                      float(max_cov), stable_sort, start_stop, int(seed))
         self.samples = _samples.SampleSet(cube, opts, import_data_path=import_data_path,
                                           trust=trust, storage_options=storage_options)
         self.root = root
@@ -306,7 +313,8 @@ def _new_shared(shape: tuple[int, ...], dtype) -> np.ndarray:
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     try:
         storage = torch.UntypedStorage._new_shared(nbytes)
-        t = torch.empty(0, dtype=tdtype).set_(storage, 0, shape)
+        # the stubs' set_ wants a stride; torch takes the contiguous one when it is left out
+        t = torch.empty(0, dtype=tdtype).set_(storage, 0, shape)  # type: ignore[call-overload]
     except (AttributeError, RuntimeError):  # private API moved: share after allocating
         t = torch.empty(shape, dtype=tdtype).share_memory_()
     return t.numpy()
@@ -367,10 +375,21 @@ def _raw_as_int32(shape: tuple[int, ...], dtype) -> np.ndarray | None:
     """``alloc`` of the readers in the main process: raw S2 DN into int32, the rest pooled."""
     return np.empty(shape, RAW_S2_DTYPE) if np.dtype(dtype) == np.uint16 else None
 
+
+class BatchSource(Protocol):
+    """What :class:`BatchStream` reads batches with: a :class:`~s2cube.training.batches.BatchMaker`
+    or a :class:`~s2cube.training.crsamples.CrBatchMaker`."""
+
+    @property
+    def samples(self) -> _samples.SampleSet | CrSampleSet: ...
+
+    def read_batch(self, ids: np.ndarray, epoch: int = 0) -> dict: ...
+
+
 class BatchStream(IterableDataset):
     """Yields this worker's batches of this rank (see :func:`make_loader`)."""
 
-    def __init__(self, maker: _samples.BatchMaker, sampler: ShardedSampler) -> None:
+    def __init__(self, maker: BatchSource, sampler: ShardedSampler) -> None:
         self.maker, self.sampler = maker, sampler
         self.samples = maker.samples
 
@@ -387,7 +406,7 @@ class BatchStream(IterableDataset):
 
 def _tensors(batch: dict) -> dict:
     """Arrays as tensors; text (the provenance's ROI names) as a list of str."""
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in batch.items():
         if isinstance(v, dict):
             out[k] = _tensors(v)
@@ -469,7 +488,7 @@ def _reimported_main() -> str | None:
     A process started by ``spawn`` or ``forkserver`` (DataLoader workers of an object-store
     cube, with CUDA, on macOS and Windows) first runs the main script as ``__mp_main__``.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
             return str(frame.f_globals.get("__file__") or "the main script")

@@ -11,7 +11,8 @@ variables and the root attributes only, never a pixel.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,24 @@ from s2cube.grid import RoiGrid
 
 COLUMNS = ("pdx", "roi", "row", "col", "patch_id", "scene", "cr_patch_id", "cr_patch", "epsg",
            "overlap", "cr_overlap", "iou", "x_offset", "y_offset", "same_scene")
+
+
+class _TsBox(Protocol):
+    """A row of :func:`ts_boxes` as ``DataFrame.itertuples(index=False)`` gives it."""
+
+    pdx: int
+    roi: str
+    row: int
+    col: int
+    patch_id: int
+    crs: str
+    epsg: int
+    left: float
+    bottom: float
+    right: float
+    top: float
+    px: float
+    py: float
 
 
 def _crs_key(epsg: int | None, wkt: str) -> str:
@@ -115,7 +134,8 @@ def pair_patches(ts: Any, mono: Any, *, min_overlap: float = 0.0,
         ol, orr = other["left"].to_numpy(), other["right"].to_numpy()
         ob, ot = other["bottom"].to_numpy(), other["top"].to_numpy()
         width = float((orr - ol).max())
-        for r in group.itertuples(index=False):
+        # pandas-stubs type the fields of itertuples' rows as any scalar: the columns are ts_boxes'
+        for r in cast("Iterable[_TsBox]", group.itertuples(index=False)):
             lo = np.searchsorted(ol, r.left - width, side="left")
             hi = np.searchsorted(ol, r.right, side="left")
             if hi <= lo:
@@ -130,17 +150,20 @@ def pair_patches(ts: Any, mono: Any, *, min_overlap: float = 0.0,
             area = (r.right - r.left) * (r.top - r.bottom)
             cr_area = (orr[sl][hit] - ol[sl][hit]) * (ot[sl][hit] - ob[sl][hit])
             sub = other.iloc[lo:hi].iloc[hit]
+            scene = sub["scene"].to_numpy()
+            cr_pid, cr_pos = sub["cr_patch_id"].to_numpy(), sub["cr_patch"].to_numpy()
+            cr_left, cr_top = sub["left"].to_numpy(), sub["top"].to_numpy()
             share = inter[hit] / area
             roi_scene = cr.scene_of_roi(r.roi)
-            for j, (_, c) in enumerate(sub.iterrows()):
+            for j in range(len(sub)):
                 if share[j] <= min_overlap:
                     continue
-                out.append((r.pdx, r.roi, r.row, r.col, r.patch_id, c["scene"],
-                            int(c["cr_patch_id"]), int(c["cr_patch"]), int(r.epsg),
+                out.append((r.pdx, r.roi, r.row, r.col, r.patch_id, scene[j],
+                            int(cr_pid[j]), int(cr_pos[j]), int(r.epsg),
                             float(share[j]), float(inter[hit][j] / cr_area[j]),
                             float(inter[hit][j] / (area + cr_area[j] - inter[hit][j])),
-                            float((c["left"] - r.left) / r.px), float((r.top - c["top"]) / r.py),
-                            c["scene"] == roi_scene))
+                            float((cr_left[j] - r.left) / r.px), float((r.top - cr_top[j]) / r.py),
+                            scene[j] == roi_scene))
     table = pd.DataFrame(out, columns=list(COLUMNS))
     table = table.sort_values(["pdx", "overlap", "cr_patch"], ascending=[True, False, True],
                               kind="stable").reset_index(drop=True)

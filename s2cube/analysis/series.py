@@ -124,30 +124,36 @@ def read_series(source, detector: str, roi: int, row: int, col: int, slots: tupl
     S2 frame (None: all); ``polarizations`` the same for S1.
     """
     mask_var = schema.mask_source(detector)
-    slots = [int(t) for t in slots]
-    dn = source.frames("s2", roi, row, col, slots, None if bands is None else (bands,))
+    at = [int(t) for t in slots]
+    dn = source.frames("s2", roi, row, col, at, None if bands is None else (bands,))
     x = to_reflectance(dn)
     del dn
-    cloudy = schema.cloudy(source.frames(mask_var, roi, row, col, slots), detector)
+    cloudy = schema.cloudy(source.frames(mask_var, roi, row, col, at), detector)
     gap = np.zeros_like(cloudy)
     for k, (r, c, t) in zip(gapped, donors):
         gap[int(k)] = schema.cloudy(source.frames(mask_var, roi, int(r), int(c), [int(t)])[0],
                                     detector)
-    valid = source.small("valid_s2")[roi, slots, row, col].astype(bool)
+    valid = source.small("valid_s2")[roi, at, row, col].astype(bool)
     if "blank" in source.layouts:
-        valid &= ~source.small("blank")[roi, slots, row, col].astype(bool)
-    days = frame_days(source.small("s2_date")[roi, slots, row, col], np.asarray(slots))
+        valid &= ~source.small("blank")[roi, at, row, col].astype(bool)
+    days = frame_days(source.small("s2_date")[roi, at, row, col], np.asarray(at))
     s1_frames = valid_s1 = None
     if s1:
-        s1_frames = source.frames("s1", roi, row, col, slots,
+        s1_frames = source.frames("s1", roi, row, col, at,
                                   None if polarizations is None else (polarizations,))
         s1_frames = s1_frames.astype(np.float32, copy=False)
-        valid_s1 = source.small("valid_s1")[roi, slots, row, col].astype(bool)
+        valid_s1 = source.small("valid_s1")[roi, at, row, col].astype(bool)
     return SeriesFrames(x, cloudy, gap, valid, days, np.asarray(gapped, np.int64), s1_frames,
                         valid_s1)
 
 
-def _series_args(view, plan, k: int) -> tuple:
+#: the stored positions of one series, as :func:`read_series` takes them after ``source`` and
+#: ``detector``: ``(roi, row, col, slots, gapped, donors)``
+SeriesArgs = tuple[int, int, int, tuple[int, ...], tuple[int, ...],
+                   tuple[tuple[int, int, int], ...]]
+
+
+def _series_args(view, plan, k: int) -> SeriesArgs:
     """The stored positions :func:`read_series` takes for series ``k`` of a resolved plan."""
     roi = int(view.roi[plan.roi[k]])
     donors = tuple((int(view.row[r]), int(view.col[c]), int(view.time[t])) for r, c, t in
@@ -284,7 +290,7 @@ def fill_series(frames: SeriesFrames, method: str, fill: float = MOSAIC_FILL) ->
 
 # --- lazy baselines over a plan --------------------------------------------------------------------
 
-def _baseline_task(method: str, fill: float, detector: str, source, args: tuple,
+def _baseline_task(method: str, fill: float, detector: str, source, args: SeriesArgs,
                    bands) -> np.ndarray:
     frames = read_series(source, detector, *args, bands)
     return fill_series(frames, method, fill)[None]
@@ -369,7 +375,7 @@ def score_frames(pred: np.ndarray, target: np.ndarray, scored: np.ndarray,
     return rows
 
 
-def _score_task(detector: str, source, args: tuple, bands, where: tuple[int, ...],
+def _score_task(detector: str, source, args: SeriesArgs, bands, where: tuple[int, ...],
                 pred: np.ndarray) -> np.ndarray:
     """One series: read its gapped frames, their masks and donors; score ``pred[0][where]``."""
     roi, row, col, slots, gapped, donors = args
@@ -405,14 +411,15 @@ def _prediction_blocks(one: xr.Dataset, predictions: Any, plan, p: int):
         data = predictions if isinstance(predictions, da.Array) else da.from_array(
             np.asarray(predictions), chunks=(1, -1, -1, -1, -1))
         data = data.rechunk((1, -1, -1, -1, -1))
-        keys = [(data.name, k, 0, 0, 0, 0) for k in range(len(table))]
+        keys: list[tuple[Any, int, int, int, int, int] | None] = [
+            (data.name, k, 0, 0, 0, 0) for k in range(len(table))]
         return data, keys, [tuple(int(g) for g in gs) for gs in plan.gaps]
     pred = predictions if "roi" in predictions.dims else predictions.expand_dims("roi")
-    want = ("roi", "time", "band", "y", "x")
-    if set(pred.dims) != set(want):
-        raise ValueError(f"predictions have dims {pred.dims}; expected {want} on the cube's "
+    dims = ("roi", "time", "band", "y", "x")
+    if set(pred.dims) != set(dims):
+        raise ValueError(f"predictions have dims {pred.dims}; expected {dims} on the cube's "
                          "grid, or an array (series, time, band, P, P) in plan order")
-    pred = pred.transpose(*want)
+    pred = pred.transpose(*dims)
     if pred.sizes["band"] != bands:
         raise ValueError(f"predictions have {pred.sizes['band']} bands; the Dataset has {bands}")
     if "band" in pred.coords and "band" in one.coords and list(
@@ -460,7 +467,9 @@ def score_series(ds: xr.Dataset, predictions: Any, plan: Any):
     bands = view.band_select()
     name = "evaluate-series-" + dask.base.tokenize(view.url, data.name, plan.table,
                                                    view.band.tolist())
-    layer, sizes, rows = {}, [], []
+    layer: dict = {}
+    sizes: list[int] = []
+    rows: list[dict[str, Any]] = []
     table = plan.table
     for k, key in enumerate(keys):
         if key is None or not len(plan.gaps[k]):

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -415,9 +415,10 @@ def _variable(source: CubeSource, name: str) -> xr.Variable:
 def open_dataset(source: CubeSource, attrs: dict, drop_variables: Any = None) -> xr.Dataset:
     """The lazy Dataset of ``source`` (what the backend entrypoint returns)."""
     if getattr(source, "kind", None) == sen12mscr.KIND_CR:
-        from s2cube.io.crcube import open_cr_dataset
+        from s2cube.io.crcube import CrSource, open_cr_dataset
 
-        return open_cr_dataset(source, attrs, drop_variables)
+        # only a CrSource has this kind
+        return open_cr_dataset(cast("CrSource", source), attrs, drop_variables)
     drop = set([drop_variables] if isinstance(drop_variables, str) else drop_variables or ())
     names = [n for n in schema.VARIABLES if n in source.layouts and n not in drop]
     variables = {n: _variable(source, n) for n in names}

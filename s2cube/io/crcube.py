@@ -129,7 +129,7 @@ def open_cr_dataset(source: CrSource, attrs: dict, drop_variables: Any = None) -
     variables = {n: _variable(source, n) for n in names}
     sizes: dict[str, int] = {}
     for v in variables.values():
-        sizes.update(v.sizes)
+        sizes.update({str(d): n for d, n in v.sizes.items()})
     coords = {k: v for k, v in coordinates(sizes).items() if k not in drop}
     ds = xr.Dataset(variables, coords=coords,
                     attrs={k: v for k, v in attrs.items() if k != "coordinates"})

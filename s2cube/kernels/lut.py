@@ -21,7 +21,8 @@ from s2cube.kernels import native
 @cache
 def s2_table(method: str) -> np.ndarray:
     """The float32 result of the reference's ``process_MS`` for every uint16 DN."""
-    img = np.arange(65536, dtype=np.uint16).astype(np.float32)
+    # float32 throughout (the stubs make ``img / int`` float64; NumPy keeps float32)
+    img: np.ndarray = np.arange(65536, dtype=np.uint16).astype(np.float32)
     img = np.clip(img, 0, 10000)
     if method == "default":
         img = (img - 0) / (10000 - 0)

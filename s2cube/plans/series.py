@@ -32,9 +32,10 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,30 @@ DONOR_COVERAGE = (0.1, 1.0)
 SERIES_COLUMNS = ("roi", "row", "col", "slots", "gaps", "donor_row", "donor_col", "donor_slot")
 TUPLE_COLUMNS = ("slots", "gaps", "donor_row", "donor_col", "donor_slot")
 DEFAULT_DETECTOR = "s2cloudless_mask"
+
+
+class _PatchRow(Protocol):
+    """A row of :func:`s2cube.select.patch_table` as ``DataFrame.itertuples()`` gives it."""
+
+    roi: str
+    row: int
+    col: int
+    patch_id: int
+    split: str
+    region: str
+    roi_pos: int
+    row_pos: int
+    col_pos: int
+
+
+class _SeriesRow(Protocol):
+    """A row of a series table (after :func:`as_series_table`) as ``itertuples()`` gives it."""
+
+    slots: tuple[int, ...]
+    gaps: tuple[int, ...]
+    donor_row: tuple[int, ...]
+    donor_col: tuple[int, ...]
+    donor_slot: tuple[int, ...]
 
 
 def _series_rng(seed: int, roi: str, row: int, col: int) -> np.random.Generator:
@@ -152,7 +177,8 @@ def series_plan(
     donors: dict[int, np.ndarray] = {}  # roi position -> (k, 3) positions (time, row, col)
     records: list[dict[str, Any]] = []
     dropped = {"clear": 0, "donors": 0}
-    for s in table.itertuples():
+    # pandas-stubs type the fields of itertuples' rows as any scalar
+    for s in cast("Iterable[_PatchRow]", table.itertuples()):
         i, r, c = int(s.roi_pos), int(s.row_pos), int(s.col_pos)
         ok = np.flatnonzero(clear[i, :, r, c])
         if ok.size < min_clear:
@@ -163,7 +189,7 @@ def series_plan(
         rng = _series_rng(seed, s.roi, s.row, s.col)
         gaps = np.sort(rng.choice(ok, size=n_gaps, replace=False))
         pool = donors[i]
-        picks = []
+        picks: list[np.ndarray] = []
         for t in gaps:
             own = (pool[:, 0] == t) & (pool[:, 1] == r) & (pool[:, 2] == c)
             choice = pool[~own]
@@ -173,15 +199,15 @@ def series_plan(
         if len(picks) < n_gaps:
             dropped["donors"] += 1
             continue
-        picks = np.array(picks, np.int64).reshape(-1, 3)
+        picked = np.array(picks, np.int64).reshape(-1, 3)
         records.append({
             "roi": s.roi, "row": int(s.row), "col": int(s.col), "patch_id": int(s.patch_id),
             "split": s.split, "region": s.region,
             "slots": tuple(int(t) for t in labels),
             "gaps": tuple(int(labels[t]) for t in gaps),
-            "donor_row": tuple(int(rows[p]) for p in picks[:, 1]),
-            "donor_col": tuple(int(cols[p]) for p in picks[:, 2]),
-            "donor_slot": tuple(int(labels[p]) for p in picks[:, 0]),
+            "donor_row": tuple(int(rows[p]) for p in picked[:, 1]),
+            "donor_col": tuple(int(cols[p]) for p in picked[:, 2]),
+            "donor_slot": tuple(int(labels[p]) for p in picked[:, 0]),
             "detector": detector, "n_clear": int(ok.size),
             "cloudy_fraction": float(cloudy_fraction),
         })
@@ -237,7 +263,7 @@ def as_series_table(plan: Any, ds: xr.Dataset | None = None) -> pd.DataFrame:
     table["detector"] = table["detector"].astype(str)
     for d in set(table["detector"]):
         schema.detector_name(d)
-    for k, s in enumerate(table.itertuples()):
+    for k, s in enumerate(cast("Iterable[_SeriesRow]", table.itertuples())):
         n = len(s.gaps)
         if not (len(s.donor_row) == len(s.donor_col) == len(s.donor_slot) == n):
             raise PlanError(f"series {k} has {n} gap(s) but {len(s.donor_row)}/"

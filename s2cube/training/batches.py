@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 RESCALE_METHODS = ("default", "resnet")
 
+#: ``alloc(shape, dtype)`` of the readers: an output array, or None for one from their pool
+Alloc = Callable[[tuple[int, ...], Any], np.ndarray | None]
+
 
 def _check_method(method: str) -> str:
     if method not in RESCALE_METHODS:
@@ -198,7 +201,7 @@ class SampleReader:
 
     def __init__(self, view: CubeView, *, detector: str | None = "s2cloudless_mask",
                  rescale_method: str | None = "default", threads: int = 2, s1: bool = True,
-                 alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None) -> None:
+                 alloc: Alloc | None = None) -> None:
         from s2cube.io.reader import ChunkReader
 
         self.view = view
@@ -213,11 +216,13 @@ class SampleReader:
                                   storage_options=src.loc.storage_options, threads=threads)
         self._bands = None if np.array_equal(view.band, np.arange(len(schema.BANDS))) \
             else _index(view.band)
+        pol = view.polarization if self.s1 else None  # not None when self.s1
+        self._n_pols = 0 if pol is None else int(pol.size)
         self._pols = None
-        if self.s1 and not np.array_equal(view.polarization, np.arange(len(schema.POLARIZATIONS))):
-            self._pols = _index(view.polarization)
+        if pol is not None and not np.array_equal(pol, np.arange(len(schema.POLARIZATIONS))):
+            self._pols = _index(pol)
         self._s2_post = s2_post(rescale_method)
-        pols = tuple(schema.POLARIZATIONS[i] for i in (view.polarization if self.s1 else ()))
+        pols = tuple(schema.POLARIZATIONS[i] for i in (pol if pol is not None else ()))
         self._s1_post = s1_post(rescale_method, pols or schema.POLARIZATIONS)
         if detector is not None:
             self._mask_var = schema.mask_source(detector)
@@ -257,15 +262,16 @@ class SampleReader:
         fdt = np.float32 if self.rescale_method else None
         out = {"S2": self._empty((b_n, t_n, v.band.size, size, size), fdt or np.uint16)}
         if self.s1:
-            out["S1"] = self._empty((b_n, t_n, v.polarization.size, size, size), np.float32)
+            out["S1"] = self._empty((b_n, t_n, self._n_pols, size, size), np.float32)
         if self.detector is not None:
             out["masks"] = self._empty((b_n, t_n, size, size), np.float32)
         if gaps is not None and self.detector is not None:
             out["gap_masks"] = self._empty((b_n, t_n, size, size), np.float32)
         cells = (roi[:, None], slots, row[:, None], col[:, None])
-        has_s2 = v.valid_s2[cells]
-        has_s1 = v.valid_s1[cells]
-        blank = v.blank[cells] | ~has_s2
+        valid_s2 = _held(v.valid_s2, "valid_s2")
+        has_s2 = valid_s2[cells]
+        has_s1 = _held(v.valid_s1, "valid_s1")[cells]
+        blank = _held(v.blank, "blank")[cells] | ~has_s2
         s_roi, s_row, s_col, s_slot = v.roi[roi], v.row[row], v.col[col], v.time[slots]
         reqs: list[FrameRequest] = []
         for b in range(b_n):
@@ -302,12 +308,20 @@ class SampleReader:
                     reqs.append(FrameRequest.at(
                         lay[self._mask_var], i, int(v.row[gr]), int(v.col[gc]), int(v.time[gslot]),
                         out["gap_masks"][b, k], m_sel, self._mask_posts[False],
-                        bool(v.valid_s2[roi[b], gslot, gr, gc])))
+                        bool(valid_s2[roi[b], gslot, gr, gc])))
         self.chunks.read(reqs)
         return out
 
     def close(self) -> None:
         self.chunks.close()
+
+
+def _held(value: np.ndarray | None, name: str) -> np.ndarray:
+    """A small variable of a view, which must have been made with it (``view_of(small=...)``)."""
+    if value is None:
+        raise SelectionError(f"the view holds no {name!r}, which the loader needs; make it with "
+                             f"view_of(ds) (small= must name {name!r})")
+    return value
 
 
 def _index(positions: np.ndarray) -> slice | np.ndarray:
@@ -392,26 +406,27 @@ class SampleSet:
         view = view_of(ds, variables=names)
         self.view = view
         self.opts = opts
-        self.index = sampling.patch_index(view.patch_id, view.roi_names, opts.split, opts.region)
+        patch_id = _held(view.patch_id, "patch_id")
+        self.index = sampling.patch_index(patch_id, view.roi_names, opts.split, opts.region)
         ix = self.index
         if len(ix) == 0:
             infos = [schema.roi_info(r) for r in view.roi_names]
             raise SelectionError(
                 f"no sample of split={opts.split!r}, region={opts.region!r} in this Dataset "
                 f"({view.describe()}; splits {sorted({i.split for i in infos})}, regions "
-                f"{sorted({i.region for i in infos})}, {int((view.patch_id >= 0).sum())} "
+                f"{sorted({i.region for i in infos})}, {int((patch_id >= 0).sum())} "
                 "patches); choose a split and region it holds")
         n_slots = view.time.size
         if opts.sample_type == "cloudy_cloudfree" and n_slots < opts.n_input_samples + 1:
             raise SelectionError(f"the Dataset holds {n_slots} slot(s) ({view.describe()}); "
                                  f"n_input_samples={opts.n_input_samples} needs "
                                  f"{opts.n_input_samples + 1}")
-        cov = sampling.sample_coverage(view.coverage, ix, opts.cloud_masks)
-        blank = view.blank[ix.roi, :, ix.row, ix.col]
+        cov = sampling.sample_coverage(_held(view.coverage, "coverage"), ix, opts.cloud_masks)
+        blank = _held(view.blank, "blank")[ix.roi, :, ix.row, ix.col]
         self.coverage = sampling.apply_blank_rule(cov, blank).astype(np.float32)
-        self.valid_s2 = view.valid_s2[ix.roi, :, ix.row, ix.col]
-        self.s2_td = days(view.s2_date[ix.roi, :, ix.row, ix.col])
-        self.s1_td = days(view.s1_date[ix.roi, :, ix.row, ix.col])
+        self.valid_s2 = _held(view.valid_s2, "valid_s2")[ix.roi, :, ix.row, ix.col]
+        self.s2_td = days(_held(view.s2_date, "s2_date")[ix.roi, :, ix.row, ix.col])
+        self.s1_td = days(_held(view.s1_date, "s1_date")[ix.roi, :, ix.row, ix.col])
         self.pairs = None
         if import_data_path is not None:
             path = pairs.find_pair_file(import_data_path, opts.n_input_samples, opts.split,
@@ -462,7 +477,7 @@ class SampleSet:
                                            np.maximum(target, 0), "the pair file"), -1),
                                        plan.match)
         else:
-            subset = tuple(int(v) for v in self.positions_range(o.subset))
+            subset = self.positions_range(o.subset)
             plan = sampling.choose_slots(
                 self.coverage, sample_type=o.sample_type, sampler=o.sampler,
                 n_input_samples=o.n_input_samples, min_cov=o.min_cov, max_cov=o.max_cov,
@@ -521,7 +536,7 @@ class BatchMaker:
     def __init__(self, samples: SampleSet, *, mode: str = "seq2point", crop: int | None = None,
                  window: int | None = None, cloudy_threshold: float = sampling.CLOUDY_FRACTION,
                  gap_probability: float = 0.0, threads: int = 2, s1: bool = True,
-                 alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None) -> None:
+                 alloc: Alloc | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         p = samples.view.patch_size
@@ -557,8 +572,8 @@ class BatchMaker:
         else:
             n_slots = s.view.time.size
             length = self.window or n_slots
-            rng = np.random.default_rng([seed, epoch, 2]) if length < n_slots else None
-            drawn["slots"] = sampling.series_windows(n, length, rng, n_slots)
+            windows = np.random.default_rng([seed, epoch, 2]) if length < n_slots else None
+            drawn["slots"] = sampling.series_windows(n, length, windows, n_slots)
         self._cache = (epoch, drawn)
         return drawn
 
@@ -604,10 +619,12 @@ class BatchMaker:
         s = self.samples
         d = schema.DETECTORS.index(s.opts.cloud_masks)
         v = s.view
+        coverage = _held(v.coverage, "coverage")
+        blank, valid_s2 = _held(v.blank, "blank"), _held(v.valid_s2, "valid_s2")
         donors = {}
         for i in np.unique(s.index.roi[ids]):
-            cov = np.array(v.coverage[i, :, :, :, d], np.float64)
-            cov[v.blank[i] | ~v.valid_s2[i]] = np.nan  # blank or missing frames are no donors
+            cov = np.array(coverage[i, :, :, :, d], np.float64)
+            cov[blank[i] | ~valid_s2[i]] = np.nan  # blank or missing frames are no donors
             donors[int(i)] = cov
         sub = sampling.PatchIndex(s.index.roi[ids], s.index.row[ids], s.index.col[ids],
                                   s.index.patch_id[ids], s.index.roi_names)
@@ -620,32 +637,34 @@ class BatchMaker:
         self.reader.close()
 
 
-def iter_batches(cube: Any, *, split: str = "train", region: str = "all",
-                 cloud_masks: str = "s2cloudless_mask", mode: str = "seq2point",
-                 sampler: str = "random", n_input_samples: int = 3, min_cov: float = 0.0,
-                 max_cov: float = 1.0, rescale_method: str | None = "default",
-                 batch_size: int = 8, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                 crop: int | None = None, window: int | None = None,
-                 gap_probability: float = 0.0, threads: int = 2, s1: bool = True,
-                 storage_options: dict | None = None, **cr_options: Any):
+def iter_batches(cube: Any, *, storage_options: dict | None = None, **options: Any):
     """NumPy batches of one epoch, in one process (the loader without torch).
 
     ``cube`` is a Dataset from :func:`s2cube.open_cube` — any selection of its ROIs, slots,
     bands and whole patches, streamed as it is — or the path or URL of a cube. The same
     batches as :func:`s2cube.torch.make_loader` (same options, one rank, one worker) as
-    dicts of NumPy arrays; see :meth:`BatchMaker.read_batch` for their keys.
-    A SEN12MS-CR cube's batches come from :func:`s2cube.training.crsamples.iter_batches`
-    (``split_mode`` chooses its splits; the time-series options do not apply).
+    dicts of NumPy arrays. ``options``: those of :func:`series_batches` for a SEN12MS-CR-TS
+    cube (see :meth:`BatchMaker.read_batch` for the keys), of
+    :func:`s2cube.training.crsamples.iter_batches` for a SEN12MS-CR cube; an option of the
+    other kind of cube is refused, naming it.
     """
     cube = source_of(cube, storage_options)  # opened once; a Dataset stays as it is
     if sen12mscr.is_cr(cube):
         from s2cube.training import crsamples
 
-        return crsamples.iter_batches(cube, split=split, batch_size=batch_size, shuffle=shuffle,
-                                      seed=seed, epoch=epoch, crop=crop, threads=threads, s1=s1,
-                                      storage_options=storage_options, **cr_options)
-    if cr_options:
-        raise ValueError(f"{', '.join(sorted(cr_options))}: options of SEN12MS-CR cubes only")
+        return crsamples.iter_batches(cube, storage_options=storage_options, **options)
+    return series_batches(cube, storage_options=storage_options, **options)
+
+
+def series_batches(cube: Any, *, split: str = "train", region: str = "all",
+                   cloud_masks: str = "s2cloudless_mask", mode: str = "seq2point",
+                   sampler: str = "random", n_input_samples: int = 3, min_cov: float = 0.0,
+                   max_cov: float = 1.0, rescale_method: str | None = "default",
+                   batch_size: int = 8, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                   crop: int | None = None, window: int | None = None,
+                   gap_probability: float = 0.0, threads: int = 2, s1: bool = True,
+                   storage_options: dict | None = None):
+    """:func:`iter_batches` of a SEN12MS-CR-TS cube (seq2point or seq2seq samples)."""
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     opts = SampleOptions(split, region, cloud_masks, "cloudy_cloudfree", sampler,

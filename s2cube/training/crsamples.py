@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +32,10 @@ import xarray as xr
 from s2cube import schema
 from s2cube import sen12mscr as cr
 from s2cube.errors import SelectionError
+from s2cube.io.crcube import CrSource
 from s2cube.io.reader import ChunkReader, FrameRequest
 from s2cube.io.view import _labels_to, _source, source_of
-from s2cube.training.batches import BufferPool, _check_crop, _index, mask_post, s1_post, s2_post
+from s2cube.training.batches import Alloc, BufferPool, S1Post, S2Post, _check_crop, _index, mask_post
 from s2cube.training.batches import _check_method as check_method
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class S2TablePost:
         from s2cube.kernels import lut
 
         if frame.dtype != np.uint16:
-            s2_post(self.method)(frame, out)
+            S2Post(check_method(self.method))(frame, out)
             return
         lut.apply(lut.s2_table(self.method), frame, out)
 
@@ -73,7 +73,7 @@ class S1KernelPost:
         from s2cube.kernels import lut
 
         if not lut.s1_rescale(self.method, self.polarizations, frame, out):
-            s1_post(self.method, self.polarizations)(frame, out)
+            S1Post(check_method(self.method), tuple(self.polarizations))(frame, out)
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def cr_view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",)) -> CrVie
     if "patch" not in ds.dims:
         ds = ds.expand_dims("patch")
     source = _source(ds, variables)
-    if getattr(source, "kind", None) != cr.KIND_CR:
+    if not isinstance(source, CrSource):
         raise SelectionError(f"{source.url} is not a SEN12MS-CR cube")
     p = source.patch_size
     for dim in ("y", "x"):
@@ -312,7 +312,7 @@ class CrSampleReader:
     """
 
     def __init__(self, samples: CrSampleSet, *, threads: int = 2,
-                 alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None) -> None:
+                 alloc: Alloc | None = None) -> None:
         v = samples.view
         self.samples, self.view = samples, v
         o = samples.opts
@@ -325,11 +325,16 @@ class CrSampleReader:
                                   threads=threads)
         self._labelled = False
         self._bands = None if np.array_equal(v.band, np.arange(len(schema.BANDS))) else _index(v.band)
+        pol = v.polarization if self.s1 else None
+        if self.s1 and pol is None:
+            raise SelectionError("the samples read S1 but their view has no polarization: make "
+                                 "the view with 's1' among its variables")
+        self._n_pols = 0 if pol is None else int(pol.size)
         self._pols = None
-        if self.s1 and not np.array_equal(v.polarization, np.arange(len(schema.POLARIZATIONS))):
-            self._pols = _index(v.polarization)
+        if pol is not None and not np.array_equal(pol, np.arange(len(schema.POLARIZATIONS))):
+            self._pols = _index(pol)
         self._s2_post = None if self.rescale_method is None else S2TablePost(self.rescale_method)
-        pols = tuple(schema.POLARIZATIONS[i] for i in (v.polarization if self.s1 else ()))
+        pols = tuple(schema.POLARIZATIONS[i] for i in (pol if pol is not None else ()))
         self._s1_post = None if self.rescale_method is None else \
             S1KernelPost(self.rescale_method, pols or schema.POLARIZATIONS)
         if self.detector is not None:
@@ -368,7 +373,7 @@ class CrSampleReader:
         out = {"S2": self._empty((b_n, v.band.size, size, size), fdt),
                "target": self._empty((b_n, v.band.size, size, size), fdt)}
         if self.s1:
-            out["S1"] = self._empty((b_n, v.polarization.size, size, size), np.float32)
+            out["S1"] = self._empty((b_n, self._n_pols, size, size), np.float32)
         if self.detector is not None:
             out["masks"] = self._empty((b_n, size, size), np.float32)
         reqs: list[FrameRequest] = []
@@ -450,7 +455,7 @@ class CrBatchMaker:
     """Sample ids of an epoch → stacked NumPy batches; crops drawn from ``(seed, epoch)``."""
 
     def __init__(self, samples: CrSampleSet, *, crop: int | None = None, threads: int = 2,
-                 alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None) -> None:
+                 alloc: Alloc | None = None) -> None:
         p = samples.view.patch_size
         if crop is not None:
             _check_crop(crop, p)
@@ -475,7 +480,7 @@ class CrBatchMaker:
         s = self.samples
         off = self.offsets(int(epoch))
         got = self.reader.read(ids, crop=self.crop, offsets=None if off is None else off[ids])
-        inputs = {k: got[k] for k in ("S1", "S2", "masks") if k in got}
+        inputs: dict[str, np.ndarray] = {k: got[k] for k in ("S1", "S2", "masks") if k in got}
         if s.coverage is not None:
             inputs["coverage"] = s.coverage[ids]
         return {"input": inputs, "target": {"S2": got["target"]}, "pdx": ids,
