@@ -1,6 +1,6 @@
 """A SEN12MS-CR archive: recognise its layout, list and parse its files, plan the cube.
 
-The layout (``../shared/spec/archive.md`` sec. 9, the 12 archives merged into one root)::
+The layout (``docs/archive.md`` sec. 9, the 12 archives merged into one root)::
 
     <root>/ROIs1868_summer_s1/s1_73/ROIs1868_summer_s1_73_p30.tif                 # 2 bands, dB
     <root>/ROIs1868_summer_s2/s2_73/ROIs1868_summer_s2_73_p30.tif                 # 13 bands, clear
