@@ -53,8 +53,10 @@ def _arrays(run_id: str, cube: Location, threads: int) -> dict:
 
     zarr.config.set({"threading.max_workers": threads})  # before zarr's pool first exists
     group = zarr.open_group(zarr_store(cube), mode="r+", use_consolidated=False)
-    return {var: group[var].with_config({"write_empty_chunks": True})
-            for var in schema.PIXEL_VARIABLES}
+    # every chunk of a recorded frame is stored, even all-fill ones (readers verify them);
+    # the config is read when an array is opened (zarr >= 3.1; Array.with_config came later)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return {var: group[var] for var in schema.PIXEL_VARIABLES}
 
 
 def convert_patch(job: Job, task: PatchTask) -> PatchRecord:

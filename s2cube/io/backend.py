@@ -348,7 +348,9 @@ class SmallArray(BackendArray):
                                                   self._read)
 
     def _read(self, key: tuple) -> np.ndarray:
-        return np.array(outer_index(self.source.small(self.var), key))
+        # astype: flags stored as int8 (xarray before 2025.x writes bool so) read as bool
+        return np.array(outer_index(self.source.small(self.var), key)).astype(self.dtype,
+                                                                              copy=False)
 
 
 # --- the Dataset ---------------------------------------------------------------------------------
@@ -394,7 +396,7 @@ def _variable(source: CubeSource, name: str) -> xr.Variable:
     spec = schema.VARIABLES[name]
     dims = lay.dims or spec.dims
     attrs = {k: v for k, v in source.attrs.get(name, {}).items()
-             if k not in ("_FillValue", "coordinates", "units", "calendar")}
+             if k not in ("_FillValue", "coordinates", "units", "calendar", "dtype")}
     encoding: dict[str, Any] = {SOURCE_KEY: {"url": source.url, "variable": name, "source": source},
                                 "dtype": np.dtype(lay.dtype).newbyteorder("=")}
     if name in schema.PIXEL_VARIABLES:
@@ -402,7 +404,9 @@ def _variable(source: CubeSource, name: str) -> xr.Variable:
         shard = lay.shard or lay.chunk
         encoding["preferred_chunks"] = dict(zip(dims, shard))
     else:
-        dtype = np.dtype("datetime64[ns]") if name in DATE_VARS else np.dtype(lay.dtype)
+        dtype = (np.dtype("datetime64[ns]") if name in DATE_VARS
+                 else np.dtype(bool) if np.dtype(spec.dtype) == bool  # a flag, however stored
+                 else np.dtype(lay.dtype))
         array = SmallArray(source, name, dtype.newbyteorder("="))
         encoding["preferred_chunks"] = dict(zip(dims, lay.shape))
         if name in DATE_VARS:

@@ -80,7 +80,11 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 
 
 def _numpy_global(name: str):
-    from numpy._core import multiarray
+    # where pickles of ndarrays name their constructors: numpy._core from NumPy 2, numpy.core before
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
 
     allowed = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar}
     return allowed.get(name)
