@@ -16,6 +16,7 @@ does not have. Values written over a stored variable while xarray keeps its enco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,14 +173,7 @@ def view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",),
     if (row.size and (row.min() < 0 or row.max() >= n_rows)) or \
             (col.size and (col.min() < 0 or col.max() >= n_cols)):
         raise SelectionError("the Dataset's row/col labels are not the cube's patch grid")
-    band = _labels_to(list(schema.BANDS), schema.as_str(ds["band"].values).astype(object), "band",
-                      source.url) if "band" in ds.dims else np.arange(len(schema.BANDS))
-    pol = None
-    if "s1" in variables:
-        pol = (_labels_to(list(schema.POLARIZATIONS),
-                          schema.as_str(ds["polarization"].values).astype(object),
-                          "polarization", source.url)
-               if "polarization" in ds.dims else np.arange(len(schema.POLARIZATIONS)))
+    band, pol = channel_positions(ds, variables, source.url)
     held = held_cells(ds, "y", "row", p)[:, None] & held_cells(ds, "x", "col", p)[None, :]
     pid = None
     if "patch_id" in small:
@@ -201,6 +195,21 @@ def view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",),
         transform=transform,
     )
 
+
+
+def channel_positions(ds: xr.Dataset, variables: Sequence[str],
+                      url: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stored positions of the Dataset's ``band`` labels, and of its ``polarization`` labels
+    when ``variables`` hold ``s1`` (None otherwise); a missing dim means all of them."""
+    band = _labels_to(list(schema.BANDS), schema.as_str(ds["band"].values).astype(object), "band",
+                      url) if "band" in ds.dims else np.arange(len(schema.BANDS))
+    pol = None
+    if "s1" in variables:
+        pol = (_labels_to(list(schema.POLARIZATIONS),
+                          schema.as_str(ds["polarization"].values).astype(object),
+                          "polarization", url)
+               if "polarization" in ds.dims else np.arange(len(schema.POLARIZATIONS)))
+    return band, pol
 
 
 def source_of(cube: Any, storage_options: dict | None = None) -> xr.Dataset:

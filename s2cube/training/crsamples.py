@@ -34,7 +34,7 @@ from s2cube import sen12mscr as cr
 from s2cube.errors import SelectionError
 from s2cube.io.crcube import CrSource
 from s2cube.io.reader import ChunkReader, FrameRequest
-from s2cube.io.view import _labels_to, _source, source_of
+from s2cube.io.view import _source, channel_positions, source_of
 from s2cube.training.batches import Alloc, BufferPool, S1Post, S2Post, _check_crop, _index, mask_post
 from s2cube.training.batches import _check_method as check_method
 
@@ -179,14 +179,7 @@ def cr_view_of(ds: xr.Dataset, *, variables: tuple[str, ...] = ("s2",)) -> CrVie
     if position.size and (position.min() < 0 or position.max() >= n_stored):
         raise SelectionError(f"the Dataset's patch labels are not positions of the cube "
                              f"{source.url} (0 … {n_stored - 1})")
-    band = _labels_to(list(schema.BANDS), schema.as_str(ds["band"].values).astype(object), "band",
-                      source.url) if "band" in ds.dims else np.arange(len(schema.BANDS))
-    pol = None
-    if "s1" in variables:
-        pol = (_labels_to(list(schema.POLARIZATIONS),
-                          schema.as_str(ds["polarization"].values).astype(object),
-                          "polarization", source.url)
-               if "polarization" in ds.dims else np.arange(len(schema.POLARIZATIONS)))
+    band, pol = channel_positions(ds, variables, source.url)
     missing = [v for v in cr.SMALL_VARIABLES if v not in ds.variables]
     if missing:
         raise SelectionError(f"the Dataset lacks {missing}, which the loader needs (to choose "
