@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import math
 import os
 import pickle
 import resource
@@ -343,6 +344,68 @@ def print_table(results: list[dict]) -> None:
         print(f"| {label} | " + " | ".join(_fmt(v) for v in vals) + f" | {growth} |")
 
 
+# --- on paper: the real archive ------------------------------------------------------------------
+
+#: The real archive (archive.md sec. 4) and figures measured by the other benchmarks (BENCHMARKS.md)
+REAL = {
+    "s2_files": 480_270, "s1_files": 480_270, "patches": 16_009, "s2_bytes": 820e9,
+    "s1_bytes": 506e9,
+    "convert_bytes_per_core_s": 166e6,   # bench_convert io: conversion without clouds, 1 core
+    "fast_frames_per_core_s": 4.75,      # bench_clouds: s2cloudless model, compiled kernel
+    "reference_frames_per_core_s": 0.58,  # bench_clouds: s2cloudless itself
+    "rule_s_per_frame": 0.011,           # bench_clouds: rule-based cloud/shadow detector
+    "two_worker_efficiency": 1.73 / 2,   # bench_convert scaling: 2 workers vs 1
+    "s2_ratio": 0.306, "s1_ratio": 0.382,  # bench_convert ratio: cube bytes / GeoTIFF bytes
+    "loader_samples_per_s_2_threads": 131.1,  # bench_loader: make_loader in-process, float32
+    "s3_requests_per_sample": 3057 / 1000,    # bench_s3 retry: requests per loader sample
+}
+#: S3 Standard, us-east-1, as published on aws.amazon.com/s3/pricing (USD)
+PRICE = {"put_list_per_1000": 0.005, "get_per_1000": 0.0004, "gb_month": 0.023}
+
+
+def estimate(results: list[dict]) -> None:
+    """Print the on-paper estimate of the real archive from measured per-file costs."""
+    big = max(results, key=lambda r: r["rois"])
+    files = REAL["s2_files"] + REAL["s1_files"]
+    io_cpu = (REAL["s2_bytes"] + REAL["s1_bytes"]) / REAL["convert_bytes_per_core_s"]
+    fast = REAL["s2_files"] / REAL["fast_frames_per_core_s"] + REAL["s2_files"] * REAL[
+        "rule_s_per_frame"]
+    reference = REAL["s2_files"] / REAL["reference_frames_per_core_s"] + REAL["s2_files"] * REAL[
+        "rule_s_per_frame"]
+    # client side, serial: what the rehearsal measured at its largest size, scaled per file
+    grows = sum(big["phases"].get(k, 0) for k in ("discover", "plan", "journal", "finalize"))
+    serial = big["phases"].get("begin", 0) + grows * files / big["files"]
+    print(f"serial client work (discover, plan, begin, journal, finalise) scaled from "
+          f"{big['rois']} ROIs: {serial:.0f} s")
+    print("| conversion | CPU-hours | 16 workers | 64 workers | 256 workers |")
+    print("|---|---|---|---|---|")
+    eff = REAL["two_worker_efficiency"]
+    for label, cpu in (("without cloud detection", io_cpu),
+                       ("with cloud detection (fast kernel, the default)", io_cpu + fast),
+                       ("with s2cloudless itself (the reference)", io_cpu + reference)):
+        walls = [(serial + cpu / (n * eff)) / 60 for n in (16, 64, 256)]
+        print(f"| {label} | {cpu / 3600:.1f} | " + " | ".join(f"{w:.0f} min" for w in walls)
+              + " |")
+    cube = (REAL["s2_bytes"] * REAL["s2_ratio"] + REAL["s1_bytes"] * REAL["s1_ratio"])
+    masks = REAL["s2_files"] * 256 * 256 * 2
+    objects = 4 * REAL["patches"] + REAL["patches"] + 40
+    print(f"cube: s2 + s1 {cube / 1e9:.0f} GB, + cloud_prob/cloud_mask at most {masks / 1e9:.0f} "
+          f"GB uncompressed; {objects:,} objects")
+    lists = math.ceil(files / 1000) + math.ceil(REAL["patches"] / 1000) * 2
+    gets = files + REAL["patches"] + 2 * REAL["patches"]
+    puts = 4 * REAL["patches"] + REAL["patches"] + 60
+    cost = (lists + puts) * PRICE["put_list_per_1000"] / 1000 + gets * PRICE["get_per_1000"] / 1000
+    print(f"one conversion on S3: {lists:,} LIST + {puts:,} PUT + {gets:,} GET = ${cost:.2f} in "
+          f"requests; storage ${PRICE['gb_month'] * (cube + masks) / 1e9:.0f} per month at most")
+    train = big.get("plan_samples", 0) * (REAL["patches"] / big["patches"])
+    per = REAL["s3_requests_per_sample"]
+    first = train * (per + 3)  # + one shard index per variable per patch, once per process
+    print(f"one training epoch (~{train:,.0f} train samples): {train * per:,.0f} GET "
+          f"(${train * per * PRICE['get_per_1000'] / 1000:.3f}); the first epoch of each "
+          f"process also reads the shard indexes: {first:,.0f} GET "
+          f"(${first * PRICE['get_per_1000'] / 1000:.3f})")
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_synth(args) -> None:
@@ -384,7 +447,7 @@ def _load(path: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs="?", default="all",
-                        choices=["all", "synth", "run", "table", "_size"])
+                        choices=["all", "synth", "run", "table", "estimate", "_size"])
     parser.add_argument("size", nargs="?", type=int)
     parser.add_argument("--root", type=Path, default=ROOT / "archive")
     parser.add_argument("--work", type=Path, default=ROOT / "work")
@@ -417,6 +480,8 @@ def main() -> None:
         cmd_run(args)
     if args.command == "table":
         print_table(_load(args.json))
+    if args.command in ("all", "table", "estimate"):
+        estimate(_load(args.json))
 
 
 if __name__ == "__main__":
