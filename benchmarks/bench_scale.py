@@ -152,6 +152,7 @@ def measure_size(n: int, archive: Path, work: Path, s1: bool, checks: bool,
     from dask.distributed import Client
 
     import s2cube
+    from s2cube.io.reader import counting
     from s2cube.io.verify import verify_cube
     from s2cube.torch import make_loader
     from s2cube_conversion import Selection, convert
@@ -201,11 +202,12 @@ def measure_size(n: int, archive: Path, work: Path, s1: bool, checks: bool,
     t = time.perf_counter()
     s2cube.open_cube(cube)
     res["open_first_s"] = time.perf_counter() - t
-    with _Opens.counting(cube) as opens, _profiled("open", prof):
+    with _Opens.counting(cube) as opens, counting() as reads, _profiled("open", prof):
         t = time.perf_counter()
         ds = s2cube.open_cube(cube)
         res["open_s"] = time.perf_counter() - t
     res["open_files"] = opens.count
+    res["open_requests"] = reads.requests
     res["open_paths"] = list(opens.paths)
     t = time.perf_counter()
     done = subprocess.run([str(Path(sys.executable).parent / "s2cube"), "info", str(cube)],
@@ -236,12 +238,14 @@ def measure_size(n: int, archive: Path, work: Path, s1: bool, checks: bool,
     batch = next(it)
     res["first_batch_s"] = time.perf_counter() - t
     first = seen = len(batch["pdx"])
-    with _profiled("epoch", prof):
+    with _profiled("epoch", prof), counting() as reads:
         t = time.perf_counter()
         for batch in it:
             seen += len(batch["pdx"])
         epoch = time.perf_counter() - t
     res["epoch_samples"] = seen
+    res["epoch_requests_per_sample"] = reads.requests / max(seen - first, 1)
+    res["epoch_bytes_per_sample"] = reads.bytes / max(seen - first, 1)
     res["epoch_samples_per_s"] = (seen - first) / epoch if seen > first else float("nan")
     print(f"  open {res['open_s']:.3f} s ({res['open_files']} files), info {res['info_s']:.1f} s, "
           f"plan {res['plan_s']:.2f} s ({len(plan)}), loader {res['epoch_samples_per_s']:.0f}/s",
@@ -297,6 +301,7 @@ ROWS = [  # (label, function of one size's results, unit)
     ("peak RSS per worker, MB", lambda r: max(r["worker_rss_mb"]), ""),
     ("open_cube, s", lambda r: r["open_s"], "s"),
     ("open_cube, files opened", lambda r: r["open_files"], ""),
+    ("open_cube, reads (requests)", lambda r: r["open_requests"], ""),
     ("s2cube info (own process), s", lambda r: r["info_s"], "s"),
     ("cloudiness(by=region), s", lambda r: r["cloudiness_s"], "s"),
     ("sample_plan, train split, s", lambda r: r["plan_s"], "s"),
@@ -306,6 +311,7 @@ ROWS = [  # (label, function of one size's results, unit)
     ("loader first batch (32), s", lambda r: r["first_batch_s"], "s"),
     ("loader epoch, samples/s", lambda r: r["epoch_samples_per_s"], ""),
     ("  per sample, ms", lambda r: 1e3 / r["epoch_samples_per_s"], "ms"),
+    ("  reads per sample", lambda r: r["epoch_requests_per_sample"], ""),
     ("validate, s", lambda r: r.get("validate_s"), "s"),
     ("  per file, ms", lambda r: _per(r, "validate_s", "validate_files"), "ms"),
     ("verify, s", lambda r: r.get("verify_s"), "s"),
