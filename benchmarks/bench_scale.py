@@ -412,6 +412,105 @@ def estimate(results: list[dict]) -> None:
           f"(${first * PRICE['get_per_1000'] / 1000:.3f})")
 
 
+# --- S3: the same on a loopback SeaweedFS server -------------------------------------------------
+
+def _upload(server, folder: Path, bucket: str, prefix: str, threads: int = 8) -> int:
+    """Upload every file below ``folder`` to ``s3://bucket/prefix/``, ``threads`` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = server.client("admin")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+
+    def put(path: Path) -> None:
+        key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+        client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(put, files))
+    return len(files)
+
+
+def _kinds(requests: list[tuple[str, str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for method, path in requests:
+        kind = "LIST" if method == "GET" and ("list-type" in path or "delimiter" in path
+                                              or path.rstrip("/").count("/") <= 1) else method
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def measure_s3(archive: Path, work: Path, big: int) -> dict:
+    """Requests on S3: converting one ROI (per file, LIST pages), opening the ``big``-ROI
+    cube, and the loader over it (per sample); every request counted at a loopback proxy."""
+    from dask.distributed import Client
+
+    import s2cube
+    from s2cube import schema
+    from s2cube.io import storage
+    from s2cube.testing import FaultyS3Proxy, SeaweedServer
+    from s2cube.torch import make_loader
+    from s2cube_conversion import Selection, convert
+    from s2cube_conversion.run import local_cluster
+
+    roi = FIRST[0]
+    info = schema.ROIS[roi]
+    res: dict = {"roi": roi, "cube_rois": big}
+    with SeaweedServer() as server:
+        server.client("admin").create_bucket(Bucket="scale")
+        rel = f"{info.collection}/{info.roi_id}"
+        t = time.perf_counter()
+        res["archive_objects"] = _upload(server, archive / rel, "scale", f"archive/{rel}")
+        res["upload_archive_s"] = time.perf_counter() - t
+        with FaultyS3Proxy(server.endpoint_url) as proxy:
+            opts = {**server.storage_options(), "endpoint_url": proxy.url}
+            with local_cluster(2, 1) as cluster, Client(cluster) as client:
+                proxy.reset()
+                report = convert("s3://scale/archive", "s3://scale/cube-1.zarr",
+                                 selection=Selection(rois=(roi,)), storage_options=opts,
+                                 client=client)
+            res["convert"] = {"seconds": report.seconds, "phases": report.timings,
+                              "patches": report.patches, "requests": _kinds(proxy.requests),
+                              "total": len(proxy.requests)}
+        print(f"  S3 convert {roi}: {res['convert']}", flush=True)
+        t = time.perf_counter()
+        res["cube_objects"] = _upload(server, work / f"cube-{big}.zarr", "scale",
+                                      f"cube-{big}.zarr")
+        res["upload_cube_s"] = time.perf_counter() - t
+        url = f"s3://scale/cube-{big}.zarr"
+        with FaultyS3Proxy(server.endpoint_url) as proxy:
+            opts = {**server.storage_options(), "endpoint_url": proxy.url}
+            s2cube.open_cube(url, storage_options=opts)  # imports, not counted
+            storage._resolve.cache_clear()
+            storage._FS_CACHE.clear()
+            proxy.reset()
+            t = time.perf_counter()
+            s2cube.open_cube(url, storage_options=opts)
+            res["open_s"] = time.perf_counter() - t
+            res["open_requests"] = list(proxy.requests)
+            proxy.reset()
+            t = time.perf_counter()
+            loader = make_loader(url, storage_options=opts, split="train", batch_size=32,
+                                 num_workers=0, threads=2, sampler="random", pin_memory=False)
+            res["loader_setup_s"] = time.perf_counter() - t
+            res["loader_setup_requests"] = len(proxy.requests)
+            proxy.reset()
+            it = iter(loader)
+            t = time.perf_counter()
+            n = len(next(it)["pdx"])
+            res["first_batch_s"] = time.perf_counter() - t
+            res["first_batch_requests"] = len(proxy.requests)
+            proxy.reset()
+            t = time.perf_counter()
+            seen = 0
+            for _, batch in zip(range(30), it):
+                seen += len(batch["pdx"])
+            res["loader_samples"] = seen
+            res["loader_samples_per_s"] = seen / (time.perf_counter() - t)
+            res["loader_requests_per_sample"] = len(proxy.requests) / max(seen, 1)
+            res["first_batch_samples"] = n
+    return res
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_synth(args) -> None:
@@ -453,7 +552,7 @@ def _load(path: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs="?", default="all",
-                        choices=["all", "synth", "run", "table", "estimate", "_size"])
+                        choices=["all", "synth", "run", "table", "estimate", "s3", "_size"])
     parser.add_argument("size", nargs="?", type=int)
     parser.add_argument("--root", type=Path, default=ROOT / "archive")
     parser.add_argument("--work", type=Path, default=ROOT / "work")
@@ -486,6 +585,10 @@ def main() -> None:
         cmd_run(args)
     if args.command == "table":
         print_table(_load(args.json))
+    if args.command == "s3":
+        res = measure_s3(args.root, args.work, max(args.sizes))
+        (args.work / "s3.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
     if args.command in ("all", "table", "estimate"):
         estimate(_load(args.json))
 
