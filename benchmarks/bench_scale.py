@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_scale.py                       # synth + all sizes + table
     .venv/bin/python benchmarks/bench_scale.py synth [--root DIR] [--patch-size 8] [--no-s1]
     .venv/bin/python benchmarks/bench_scale.py run [--sizes 1,5,13,53] [--no-s1-at 53]
-                                                   [--no-check-at 53] [--profile]
+                                                   [--no-validate-at 53] [--profile steps]
+    .venv/bin/python benchmarks/bench_scale.py s3     # needs `weed` (S2CUBE_WEED)
     .venv/bin/python benchmarks/bench_scale.py table [--json FILE]
 
 ``synth`` writes the full-cardinality synthetic archive (``s2cube synth --full-archive``:
@@ -146,7 +147,7 @@ def _worker_usage(client) -> list[tuple[float, int]]:
 # --- one size -----------------------------------------------------------------------------------
 
 def measure_size(n: int, archive: Path, work: Path, s1: bool, checks: bool,
-                 profile: bool) -> dict:
+                 profile: str | None) -> dict:
     """Every figure for the first ``n`` ROIs (runs in a fresh process)."""
     import numpy as np
     from dask.distributed import Client
@@ -178,7 +179,7 @@ def measure_size(n: int, archive: Path, work: Path, s1: bool, checks: bool,
                 if q not in marks and done >= total * q / 10:
                     marks[q] = time.perf_counter()
 
-        with _profiled("convert", prof):
+        with _profiled("convert", prof if profile == "all" else None):
             report = convert(archive, cube, selection=Selection(rois=tuple(rois or ())),
                              s1=s1, client=client, progress=progress)
         after = _worker_usage(client)
@@ -251,17 +252,18 @@ def measure_size(n: int, archive: Path, work: Path, s1: bool, checks: bool,
           f"plan {res['plan_s']:.2f} s ({len(plan)}), loader {res['epoch_samples_per_s']:.0f}/s",
           flush=True)
 
-    if checks:
-        with local_cluster(2, 1) as cluster, Client(cluster) as client:
+    with local_cluster(2, 1) as cluster, Client(cluster) as client:
+        t = time.perf_counter()
+        vr = verify_cube(cube, client=client)
+        res["verify_s"] = time.perf_counter() - t
+        res["verify_chunks"], res["verify_bad"] = vr.chunks, len(vr.bad)
+        print(f"  verify {res['verify_s']:.1f} s", flush=True)
+        if checks:
             t = time.perf_counter()
             v = validate(archive, cube, rois=rois, client=client)
             res["validate_s"] = time.perf_counter() - t
             res["validate_files"], res["validate_diffs"] = v.files, len(v.differences)
-            t = time.perf_counter()
-            vr = verify_cube(cube, client=client)
-            res["verify_s"] = time.perf_counter() - t
-            res["verify_chunks"], res["verify_bad"] = vr.chunks, len(vr.bad)
-        print(f"  validate {res['validate_s']:.1f} s, verify {res['verify_s']:.1f} s", flush=True)
+            print(f"  validate {res['validate_s']:.1f} s", flush=True)
     res["client_rss_end_mb"] = _rusage()[1]
     return res
 
@@ -531,13 +533,14 @@ def cmd_run(args) -> None:
     results = _load(args.json)
     for n in args.sizes:
         s1 = not (args.no_s1_at and n >= args.no_s1_at)
-        checks = not (args.no_check_at and n >= args.no_check_at)
-        print(f"size {n}: S1 {'yes' if s1 else 'no'}, validate/verify {'yes' if checks else 'no'}",
+        checks = not (args.no_validate_at and n >= args.no_validate_at)
+        print(f"size {n}: S1 {'yes' if s1 else 'no'}, validate {'yes' if checks else 'no'}",
               flush=True)
         out = args.work / f"size-{n}.json"
         cmd = [sys.executable, __file__, "_size", str(n), "--root", str(args.root), "--work",
                str(args.work), "--out", str(out)] + (["--no-s1"] if not s1 else []) + \
-            (["--no-check"] if not checks else []) + (["--profile"] if args.profile else [])
+            (["--no-validate"] if not checks else []) + \
+            (["--profile", args.profile] if args.profile else [])
         subprocess.run(cmd, check=True)
         res = json.loads(out.read_text())
         results = [r for r in results if r["rois"] != n] + [res]
@@ -563,20 +566,22 @@ def main() -> None:
     parser.add_argument("--grid", help="ROWSxCOLS for every ROI (a quick trial), not real-like")
     parser.add_argument("--slots", type=int, default=30)
     parser.add_argument("--no-s1", action="store_true")
-    parser.add_argument("--no-check", action="store_true")
+    parser.add_argument("--no-validate", action="store_true")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")],
                         default=[1, 5, 13, 53])
     parser.add_argument("--no-s1-at", type=int, help="convert S2 only from this many ROIs on")
-    parser.add_argument("--no-check-at", type=int,
-                        help="skip validate and verify from this many ROIs on")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-validate-at", type=int,
+                        help="skip validate (every file read again) from this many ROIs on")
+    parser.add_argument("--profile", choices=["steps", "all"],
+                        help="cProfile dumps of the client side of each step after the "
+                             "conversion (steps), or of the conversion too (all)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {os.cpu_count()} cores (nproc)", flush=True)
     if args.command == "_size":
-        res = measure_size(args.size, args.root, args.work, not args.no_s1, not args.no_check,
-                           args.profile)
+        res = measure_size(args.size, args.root, args.work, not args.no_s1,
+                           not args.no_validate, args.profile)
         args.out.write_text(json.dumps(res, indent=1))
         return
     if args.command in ("all", "synth"):
