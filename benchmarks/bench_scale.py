@@ -524,9 +524,12 @@ def cmd_synth(args) -> None:
                                   workers=args.workers, grid=grid, n_slots=args.slots,
                                   progress=lambda d, n: print(f"\r  {d}/{n} ROIs", end="",
                                                               flush=True))
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"\nsynth: {out.files} files ({out.written} written, {out.kept} kept), "
           f"{out.patches} patch locations, {out.bytes_written / 1e6:.0f} MB written, "
-          f"{time.perf_counter() - t:.0f} s")
+          f"{time.perf_counter() - t:.0f} s; peak RSS {_rusage()[1]} MB (this process), "
+          f"{kids.ru_maxrss // 1024} MB (largest writer process), CPU of the writers "
+          f"{kids.ru_utime + kids.ru_stime:.0f} s")
 
 
 def cmd_run(args) -> None:
