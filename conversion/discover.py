@@ -110,19 +110,26 @@ def parse_name(path: str, size: int = 0) -> SourceFile | Problem:
     return SourceFile(path, mod, name, slot, m["date"], pid, int(size))
 
 
-def list_files(loc: Location) -> dict[str, int]:
-    """Every file below ``loc`` with its size, by path relative to ``loc``.
+def list_files(loc: Location, prefixes: list[str] | None = None) -> dict[str, int]:
+    """Every file below ``loc`` (or below its folders ``prefixes``) with its size, by path
+    relative to ``loc``.
 
     Locally, links that point nowhere are listed too (size 0), so that they are reported
     as unreadable instead of silently missing.
     """
     if loc.is_local:
-        return _list_local(loc)
+        return _list_local(loc, prefixes)
     fs = filesystem(loc)
+    found: dict = {}
     try:
         if not fs.isdir(loc.path):
             raise ArchiveError(f"archive root {loc.url} is not a folder; {ROOT_HINT}")
-        found = fs.find(loc.path, detail=True)
+        for prefix in [""] if prefixes is None else prefixes:
+            try:
+                found.update(fs.find(f"{loc.path}/{prefix}".rstrip("/"), detail=True))
+            except FileNotFoundError:
+                if not prefix:
+                    raise
     except PermissionError as exc:
         raise ArchiveError(f"cannot list archive root {loc.url}: {exc}; check permissions") from exc
     except FileNotFoundError as exc:
@@ -134,12 +141,14 @@ def list_files(loc: Location) -> dict[str, int]:
     }
 
 
-def _list_local(loc: Location) -> dict[str, int]:
+def _list_local(loc: Location, prefixes: list[str] | None = None) -> dict[str, int]:
     if not os.path.isdir(loc.path):
         what = "does not exist" if not os.path.exists(loc.path) else "is not a folder"
         raise ArchiveError(f"archive root {loc.url} {what}; {ROOT_HINT}")
     out: dict[str, int] = {}
-    for folder, _, names in os.walk(loc.path, onerror=_raise_listing):
+    tops = [loc.path] if prefixes is None else [
+        top for top in (os.path.join(loc.path, p) for p in prefixes) if os.path.isdir(top)]
+    for folder, _, names in (w for top in tops for w in os.walk(top, onerror=_raise_listing)):
         rel = os.path.relpath(folder, loc.path).replace(os.sep, "/")
         for name in names:
             full = os.path.join(folder, name)
@@ -173,7 +182,13 @@ def discover(loc: Location, *, rois: list[str] | None = None, s1: bool = True) -
     ArchiveError
         When nothing of SEN12MS-CR-TS is found under ``loc``.
     """
-    listing = list_files(loc)
+    # a selection lists only its ROIs' folders: converting one ROI of the 960,000-file
+    # archive must not list all of it; when they hold nothing, the whole tree says why
+    prefixes = None if rois is None else [f"{i.collection}/{i.roi_id}" for i in
+                                          (schema.ROIS[r] for r in rois if r in schema.ROIS)]
+    listing = list_files(loc, prefixes)
+    if prefixes is not None and not any(p.lower().endswith(".tif") for p in listing):
+        listing = list_files(loc)
     _check_root(loc, [p for p in listing if p.lower().endswith(".tif")])
     wanted = None if rois is None else set(rois)
     files: list[SourceFile] = []

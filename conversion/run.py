@@ -57,6 +57,8 @@ class ConvertReport:
     seconds: float
     problems: dict[str, str] = field(default_factory=dict)
     skipped_files: list[str] = field(default_factory=list)
+    #: seconds per phase: discover, plan, begin, journal (reading it), run, finalize
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -131,10 +133,14 @@ def convert(
         check_access(dst, write=True)
     check_target(dst)  # fail fast, before taking the lock or reading any header
     run_id = uuid.uuid4().hex
+    clock = _Clock()
     with CubeLock(dst, run_id, break_lock=break_lock) as lock:  # a second conversion stops here
         existing = check_target(dst) or {}
+        clock("lock")
         inventory = discover(src, rois=(selection or Selection()).roi_names(), s1=s1)
+        clock("discover")
         the_plan = plan(inventory, src)
+        clock("plan")
         detector = _detector(clouds, cloud_method, threads_per_worker)
         attrs = _attrs(inventory, selection, s1, detector)
         attrs["created"] = existing.get("created", attrs["updated"])  # the first run's time stays
@@ -144,12 +150,15 @@ def convert(
         if s1_dtype == "auto":
             s1_dtype = choose_s1_dtype(src, the_plan) if s1 else "float32"
         layout, s1_dtype = begin(dst, grids, the_plan.patch_size, attrs, s1_dtype=s1_dtype)
+        clock("begin")
         done = read_records(dst)
+        clock("journal")
         todo = [t for t in the_plan.tasks
                 if not _is_done(done.get(f"{t.roi}/{t.row}_{t.col}"), s1)]
         if verify:
-            todo += _damaged(dst, [t for t in the_plan.tasks if t not in todo], client, scheduler,
-                             n_workers, threads_per_worker)
+            keys = {t.key for t in todo}  # a set: `t not in todo` was quadratic in the patches
+            todo += _damaged(dst, [t for t in the_plan.tasks if t.key not in keys], client,
+                             scheduler, n_workers, threads_per_worker)
         logger.info("%d patch locations, %d already converted, %d to do",
                     len(the_plan.tasks), len(the_plan.tasks) - len(todo), len(todo))
         job = Job(run_id, src, dst, dict(the_plan.grids), {g.roi: i for i, g in enumerate(layout)},
@@ -157,16 +166,33 @@ def convert(
         if todo:
             with dask_client(client, scheduler, n_workers, threads_per_worker) as c:
                 _run_tasks(c, job, todo, progress, storage_options)
+        clock("run")
         missing = set(t.key for t in todo) - set(read_records(dst))
         if missing:
             raise ConversionError(f"{len(missing)} patch location(s) finished without a journal "
                                   f"record (e.g. {sorted(missing)[0]}); run the same command "
                                   "again to redo them")
+        clock("journal")
         problems = finalize(dst, layout, the_plan.patch_size, attrs, lock=lock)
+        clock("finalize")
     problems.update({p.path: p.message for p in inventory.problems})
+    logger.info("conversion phases (s): %s", {k: round(v, 2) for k, v in clock.seconds.items()})
     return ConvertReport(dst.url, len(the_plan.tasks), len(todo), len(the_plan.tasks) - len(todo),
                          time.perf_counter() - started, dict(sorted(problems.items())),
-                         list(inventory.skipped))
+                         list(inventory.skipped), clock.seconds)
+
+
+class _Clock:
+    """Seconds spent per phase of a conversion (a phase named twice adds up)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 def choose_s1_dtype(src: Location, the_plan, n: int = 8) -> str:

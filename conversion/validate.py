@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from s2cube import schema
 from s2cube.grid import RoiGrid
 from s2cube.io.storage import Location, parse_location, zarr_store
 from s2cube_conversion.discover import Problem, discover
@@ -73,7 +74,10 @@ def validate(
     else:
         from dask.distributed import as_completed
 
-        futures = client.map(_check_patch, [check] * len(tasks), tasks, pure=False)
+        # one copy of the check (it holds every ROI's grid) for all tasks, not one per task:
+        # passed by value, the graph grew as ROIs x patches
+        shared = client.scatter(check, broadcast=True, hash=False)
+        futures = client.map(_check_patch, [shared] * len(tasks), tasks, pure=False)
         results = []
         for i, fut in enumerate(as_completed(futures)):
             results.append(fut.result())
@@ -92,15 +96,25 @@ def _open(cube: Location):
     return xr.open_zarr(zarr_store(cube, read_only=True), consolidated=True, chunks=None)
 
 
+@lru_cache(maxsize=2)
+def _small(cube: Location) -> dict[str, np.ndarray]:
+    """The small variables a check reads, once per process: read per patch, each whole
+    (one chunk) array was decoded again for every patch, a cost growing with the ROIs."""
+    ds = _open(cube)
+    out = {k: ds[k].values for k in ("patch_id", "valid_s2", "valid_s1", "s2_date", "s1_date")}
+    out["roi"] = schema.as_str(ds["roi"].values)
+    return out
+
+
 def _check_patch(check: _Check, task: PatchTask) -> list[Problem]:
     ds = _open(check.cube)
+    small = _small(check.cube)
     grid = check.grids[task.roi]
-    rois = list(ds["roi"].values)
+    rois = list(small["roi"])
     if task.roi not in rois:
         return [Problem(f, f"{task.roi} is not in the cube; convert it") for f in task.s2 if f]
     i, p = rois.index(task.roi), grid.patch_size
-    where = {"roi": i, "row": task.row, "col": task.col}
-    cell = ds.isel(where)
+    cell = {k: v[i][..., task.row, task.col] for k, v in small.items() if k != "roi"}
     out: list[Problem] = []
     if int(cell["patch_id"]) != task.pid:
         out.append(Problem(f"{task.roi}/patch_{task.pid}", f"patch id in the cube at row "
@@ -110,8 +124,8 @@ def _check_patch(check: _Check, task: PatchTask) -> list[Problem]:
     expected = patch_georef(grid, task.row, task.col)
     for mod, paths, dates in (("s2", task.s2, task.s2_dates), ("s1", task.s1, task.s1_dates)):
         stored = ds[mod].isel(roi=i, y=ys, x=xs)
-        valid = cell[f"valid_{mod}"].values
-        cube_dates = cell[f"{mod}_date"].values
+        valid = cell[f"valid_{mod}"]
+        cube_dates = cell[f"{mod}_date"]
         for t, path in enumerate(paths):
             if path is None:
                 continue

@@ -155,10 +155,25 @@ def main(verbose: int) -> None:
               help="sen12ms-cr: patches per scene left out (gaps in the patch numbers).")
 @click.option("--unpaired", default=1, show_default=True, type=int,
               help="sen12ms-cr: patches without their cloudy file.")
+@click.option("--full-archive", is_flag=True,
+              help="The whole archive's cardinality: all 53 ROIs (or --roi), real-like grids "
+                   "(16,009 patch locations), resumable; --grid, --missing, --corrupt, --holes "
+                   "and --junk do not apply. --patch-size defaults to 8 here.")
+@click.option("--workers", type=int, help="With --full-archive: processes (default: the cores).")
 def synth(directory, rois, grid, patch_size, slots, seed, no_s1, missing, corrupt, holes, junk,
-          spectra, real_pixels, layout, gaps, unpaired) -> None:
+          spectra, real_pixels, layout, gaps, unpaired, full_archive, workers) -> None:
     """Write a synthetic archive that looks like SEN12MS-CR-TS (or SEN12MS-CR) into DIRECTORY."""
     from s2cube_conversion.synth import synthesize_archive
+
+    if full_archive and layout != "sen12ms-cr-ts":
+        raise click.BadParameter("--full-archive writes the SEN12MS-CR-TS layout; leave out "
+                                 "--layout sen12ms-cr", param_hint="--full-archive")
+    if full_archive:  # tiny patches unless asked for: 960,000 files of 256 px are 1.3 TB
+        given = click.get_current_context().get_parameter_source("patch_size")
+        size = patch_size if given is not click.core.ParameterSource.DEFAULT else 8
+        _synth_full(directory, rois, size, slots, seed, no_s1, spectra, real_pixels,
+                    workers, missing or corrupt or holes or junk)
+        return
 
     try:
         rows, cols = (int(v) for v in grid.lower().split("x"))
@@ -201,6 +216,35 @@ def _synth_cr(directory, rois, grid, patch_size, seed, s1, spectra, real_pixels,
         _fail(exc)
     click.echo(f"wrote {len(m.files)} files ({m.bytes_written / 1e6:.1f} MB) for {len(m.scenes)} "
                f"SEN12MS-CR scenes into {directory}")
+
+
+def _synth_full(directory, rois, patch_size, slots, seed, no_s1, spectra, real_pixels, workers,
+                damage) -> None:
+    """``s2cube synth --full-archive``: see :mod:`s2cube_conversion.synth_full`."""
+    from tqdm import tqdm
+
+    from s2cube_conversion.synth_full import synthesize_full_archive
+
+    if damage:
+        raise click.BadParameter("--missing, --corrupt, --holes and --junk do not apply to the "
+                                 "full archive; leave them out", param_hint="--full-archive")
+    bar = tqdm(total=0, unit="ROI", dynamic_ncols=True)
+
+    def tick(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        out = synthesize_full_archive(directory, rois=tuple(rois) or None, patch_size=patch_size,
+                                      n_slots=slots, seed=seed, s1=not no_s1, workers=workers,
+                                      spectra=spectra, real_pixels=real_pixels, progress=tick)
+    except (S2CubeError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        bar.close()
+        _fail(exc)
+    bar.close()
+    click.echo(f"{out.files} files ({out.written} written, {out.kept} already there) for "
+               f"{len(out.rois)} ROIs, {out.patches} patch locations, into {directory} "
+               f"in {out.seconds:.0f} s")
 
 
 @main.command()

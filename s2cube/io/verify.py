@@ -218,7 +218,9 @@ def _run(client, source, cells, decode, progress, total) -> list:
         return out
     from dask.distributed import as_completed
 
-    futures = client.map(_patch_task, [source] * len(cells), *zip(*cells) if cells else ([], [], []),
+    # one copy of the source for all tasks (sent with each, the graph grew with it)
+    shared = client.scatter(source, broadcast=True, hash=False)
+    futures = client.map(_patch_task, [shared] * len(cells), *zip(*cells) if cells else ([], [], []),
                          [decode] * len(cells), pure=False)
     done = 0
     for _ in as_completed(futures):
