@@ -149,11 +149,11 @@ def read_series(source, detector: str, roi: int, row: int, col: int, slots: tupl
 
 #: the stored positions of one series, as :func:`read_series` takes them after ``source`` and
 #: ``detector``: ``(roi, row, col, slots, gapped, donors)``
-SeriesArgs = tuple[int, int, int, tuple[int, ...], tuple[int, ...],
+_SeriesArgs = tuple[int, int, int, tuple[int, ...], tuple[int, ...],
                    tuple[tuple[int, int, int], ...]]
 
 
-def _series_args(view, plan, k: int) -> SeriesArgs:
+def _series_args(view, plan, k: int) -> _SeriesArgs:
     """The stored positions :func:`read_series` takes for series ``k`` of a resolved plan."""
     roi = int(view.roi[plan.roi[k]])
     donors = tuple((int(view.row[r]), int(view.col[c]), int(view.time[t])) for r, c, t in
@@ -290,7 +290,7 @@ def fill_series(frames: SeriesFrames, method: str, fill: float = MOSAIC_FILL) ->
 
 # --- lazy baselines over a plan --------------------------------------------------------------------
 
-def _baseline_task(method: str, fill: float, detector: str, source, args: SeriesArgs,
+def _baseline_task(method: str, fill: float, detector: str, source, args: _SeriesArgs,
                    bands) -> np.ndarray:
     frames = read_series(source, detector, *args, bands)
     return fill_series(frames, method, fill)[None]
@@ -375,7 +375,7 @@ def score_frames(pred: np.ndarray, target: np.ndarray, scored: np.ndarray,
     return rows
 
 
-def _score_task(detector: str, source, args: SeriesArgs, bands, where: tuple[int, ...],
+def _score_task(detector: str, source, args: _SeriesArgs, bands, where: tuple[int, ...],
                 pred: np.ndarray) -> np.ndarray:
     """One series: read its gapped frames, their masks and donors; score ``pred[0][where]``."""
     roi, row, col, slots, gapped, donors = args
