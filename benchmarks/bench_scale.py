@@ -441,7 +441,7 @@ def _kinds(requests: list[tuple[str, str]]) -> dict[str, int]:
     return out
 
 
-def measure_s3(archive: Path, work: Path, big: int) -> dict:
+def measure_s3(archive: Path, work: Path, big: int, s1: bool = True) -> dict:
     """Requests on S3: converting one ROI (per file, LIST pages), opening the ``big``-ROI
     cube, and the loader over it (per sample); every request counted at a loopback proxy."""
     from dask.distributed import Client
@@ -456,7 +456,7 @@ def measure_s3(archive: Path, work: Path, big: int) -> dict:
 
     roi = FIRST[0]
     info = schema.ROIS[roi]
-    res: dict = {"roi": roi, "cube_rois": big}
+    res: dict = {"roi": roi, "cube_rois": big, "s1": s1}
     with SeaweedServer() as server:
         server.client("admin").create_bucket(Bucket="scale")
         rel = f"{info.collection}/{info.roi_id}"
@@ -469,7 +469,7 @@ def measure_s3(archive: Path, work: Path, big: int) -> dict:
                 proxy.reset()
                 report = convert("s3://scale/archive", "s3://scale/cube-1.zarr",
                                  selection=Selection(rois=(roi,)), storage_options=opts,
-                                 client=client)
+                                 client=client, s1=s1)
             res["convert"] = {"seconds": report.seconds, "phases": report.timings,
                               "patches": report.patches, "requests": _kinds(proxy.requests),
                               "total": len(proxy.requests)}
@@ -492,7 +492,8 @@ def measure_s3(archive: Path, work: Path, big: int) -> dict:
             proxy.reset()
             t = time.perf_counter()
             loader = make_loader(url, storage_options=opts, split="train", batch_size=32,
-                                 num_workers=0, threads=2, sampler="random", pin_memory=False)
+                                 num_workers=0, threads=2, sampler="random", pin_memory=False,
+                                 s1=s1)
             res["loader_setup_s"] = time.perf_counter() - t
             res["loader_setup_requests"] = len(proxy.requests)
             proxy.reset()
@@ -594,7 +595,7 @@ def main() -> None:
     if args.command == "table":
         print_table(_load(args.json))
     if args.command == "s3":
-        res = measure_s3(args.root, args.work, max(args.sizes))
+        res = measure_s3(args.root, args.work, max(args.sizes), s1=not args.no_s1)
         (args.work / "s3.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
     if args.command in ("all", "table", "estimate"):

@@ -61,7 +61,10 @@ def validate(
                                     client=client, progress=progress)
     src = parse_location(source, source_storage_options or storage_options)
     dst = parse_location(cube, storage_options)
-    inventory = discover(src, rois=rois)
+    # a cube converted without S1 (--no-s1) is checked against the S2 files only, not
+    # reported as missing every S1 file of the archive
+    s1 = bool((_open(dst).attrs.get("conversion") or {}).get("s1", True))
+    inventory = discover(src, rois=rois, s1=s1)
     the_plan = plan(inventory, src)
     check = _Check(src, dst, dict(the_plan.grids))
     tasks = list(the_plan.tasks)
