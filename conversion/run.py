@@ -310,25 +310,35 @@ def run_tasks(client, fn: Callable, job: Any, todo: list, what: str, progress,
     """
     from dask.distributed import as_completed
 
-    job_future = client.scatter(job, broadcast=True, hash=False)
+    job_ref = [client.scatter(job, broadcast=True, hash=False)]
     n_slots = max(4, 2 * sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
     pending = iter(todo)
     failures: list[str] = []
     prefix = what.split()[0]
+    attempts: dict[str, tuple[Any, int]] = {}
 
-    def submit(task):
-        return client.submit(fn, job_future, task, key=f"{prefix}-{job.run_id}-{task.key}",
-                             retries=2, pure=False)
+    def submit(task, attempt: int = 0):
+        key = f"{prefix}-{job.run_id}-{task.key}" + (f"-again-{attempt}" if attempt else "")
+        attempts[key] = (task, attempt)
+        return client.submit(fn, job_ref[0], task, key=key, retries=2, pure=False)
 
     futures = as_completed([submit(t) for t in itertools.islice(pending, n_slots)],
                            with_results=False)
     done = 0
     for fut in futures:
+        task, attempt = attempts.pop(fut.key, (None, 0))
+        if fut.status not in ("finished", "error") and task is not None and attempt < 2:
+            # cancelled with a worker that died (and the job's copy with it): scatter the job
+            # again and run the task anew; its journal record decides what is done
+            fut.release()
+            job_ref[0] = client.scatter(job, broadcast=True, hash=False)
+            futures.add(submit(task, attempt + 1))
+            continue
         done += 1
         if fut.status == "error":
             exc = fut.exception()
             failures.append(redact(f"{fut.key}: {type(exc).__name__}: {exc}", storage_options))
-        elif fut.status != "finished":  # cancelled or lost with its worker: say so, never skip
+        elif fut.status != "finished":  # lost again: say so, never skip
             failures.append(f"{fut.key}: task {fut.status} (a worker was lost?)")
         fut.release()
         nxt = next(pending, None)
