@@ -16,6 +16,7 @@ import numpy as np
 
 from s2cube import sen12mscr as cr
 from s2cube.io.storage import Location, parse_location, zarr_store
+from s2cube.parallel import map_bounded
 from s2cube_conversion.cr_archive import SceneHeader, discover, select_scenes
 from s2cube_conversion.cr_convert import read_file
 from s2cube_conversion.discover import Problem
@@ -71,15 +72,8 @@ def validate(source, cube, *, rois: list[str] | None = None, storage_options: di
             if progress:
                 progress(i + 1, len(blocks))
     else:
-        from dask.distributed import as_completed
-
-        futures = client.map(_check_block, [check] * len(blocks), blocks, pure=False)
-        results = []
-        for i, fut in enumerate(as_completed(futures)):
-            results.append(fut.result())
-            fut.release()
-            if progress:
-                progress(i + 1, len(blocks))
+        results = map_bounded(client, _check_block, check, blocks, what="block check",
+                              progress=progress, stop_on_error=True)
     diffs = [d for r in results for d in r]
     files = sum(sum(p is not None for p in paths) for b in blocks for _, _, paths in b.items)
     return ValidationReport(files, tuple(diffs))

@@ -9,7 +9,6 @@ the rest later grows the same cube.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from typing import Any
 from s2cube import __version__, schema
 from s2cube.errors import ConversionError
 from s2cube.io.storage import Location, check_access, parse_location, redact
+from s2cube.parallel import TasksFailed, map_bounded
 from s2cube_conversion.discover import discover
 from s2cube_conversion.lock import CubeLock
 from s2cube_conversion.patch import Job, convert_patch
@@ -308,46 +308,13 @@ def run_tasks(client, fn: Callable, job: Any, todo: list, what: str, progress,
     all, then raises one :class:`ConversionError` listing every failed ``what`` (the cube is
     left resumable). ``progress(done, total)`` is called as tasks finish.
     """
-    from dask.distributed import as_completed
-
-    job_ref = [client.scatter(job, broadcast=True, hash=False)]
-    n_slots = max(4, 2 * sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
-    pending = iter(todo)
-    failures: list[str] = []
     prefix = what.split()[0]
-    attempts: dict[str, tuple[Any, int]] = {}
-
-    def submit(task, attempt: int = 0):
-        key = f"{prefix}-{job.run_id}-{task.key}" + (f"-again-{attempt}" if attempt else "")
-        attempts[key] = (task, attempt)
-        return client.submit(fn, job_ref[0], task, key=key, retries=2, pure=False)
-
-    futures = as_completed([submit(t) for t in itertools.islice(pending, n_slots)],
-                           with_results=False)
-    done = 0
-    for fut in futures:
-        task, attempt = attempts.pop(fut.key, (None, 0))
-        if fut.status not in ("finished", "error") and task is not None and attempt < 2:
-            # cancelled with a worker that died (and the job's copy with it): scatter the job
-            # again and run the task anew; its journal record decides what is done
-            fut.release()
-            job_ref[0] = client.scatter(job, broadcast=True, hash=False)
-            futures.add(submit(task, attempt + 1))
-            continue
-        done += 1
-        if fut.status == "error":
-            exc = fut.exception()
-            failures.append(redact(f"{fut.key}: {type(exc).__name__}: {exc}", storage_options))
-        elif fut.status != "finished":  # lost again: say so, never skip
-            failures.append(f"{fut.key}: task {fut.status} (a worker was lost?)")
-        fut.release()
-        nxt = next(pending, None)
-        if nxt is not None:
-            futures.add(submit(nxt))
-        if progress is not None:
-            progress(done, len(todo))
-    if failures:
+    try:
+        map_bounded(client, fn, job, todo, what=what, progress=progress,
+                    key=lambda _i, task: f"{prefix}-{job.run_id}-{task.key}",
+                    describe_error=lambda line: redact(line, storage_options))
+    except TasksFailed as e:
         raise ConversionError(
-            f"{len(failures)} {what}(s) failed; the cube is left incomplete and "
+            f"{len(e.failures)} {what}(s) failed; the cube is left incomplete and "
             "resumable: fix the cause and run the same command again:\n"
-            + "\n".join(f"  - {f}" for f in failures[:50]))
+            + "\n".join(f"  - {f}" for f in e.failures[:50])) from None

@@ -16,6 +16,7 @@ import numpy as np
 from s2cube import schema
 from s2cube.grid import RoiGrid
 from s2cube.io.storage import Location, parse_location, zarr_store
+from s2cube.parallel import map_bounded
 from s2cube_conversion.discover import Problem, discover
 from s2cube_conversion.plan import PatchTask, patch_georef, plan
 from s2cube_conversion.read import read_patch
@@ -75,18 +76,11 @@ def validate(
             if progress:
                 progress(i + 1, len(tasks))
     else:
-        from dask.distributed import as_completed
-
-        # one copy of the check (it holds every ROI's grid) for all tasks, not one per task:
-        # passed by value, the graph grew as ROIs x patches
-        shared = client.scatter(check, broadcast=True, hash=False)
-        futures = client.map(_check_patch, [shared] * len(tasks), tasks, pure=False)
-        results = []
-        for i, fut in enumerate(as_completed(futures)):
-            results.append(fut.result())
-            fut.release()
-            if progress:
-                progress(i + 1, len(tasks))
+        # one copy of the check (it holds every ROI's grid) for all tasks, a bounded number in
+        # flight: passed with each task, or all submitted at once, the graph grew as ROIs x
+        # patches
+        results = map_bounded(client, _check_patch, check, tasks, what="patch location check",
+                              progress=progress, stop_on_error=True)
     diffs = [d for r in results for d in r]
     files = sum(sum(p is not None for p in t.s2 + t.s1) for t in tasks)
     return ValidationReport(files, tuple(diffs))

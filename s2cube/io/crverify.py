@@ -21,6 +21,7 @@ from s2cube import sen12mscr as cr
 from s2cube.io.backend import open_source
 from s2cube.io.reader import MAX_UINT_64, decode_chunk
 from s2cube.io.verify import BadChunk, VerifyReport, _quick
+from s2cube.parallel import map_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +144,8 @@ def verify_cr(url: str | os.PathLike, storage_options: dict | None = None, *, cl
                 if progress:
                     progress(k, len(starts))
     else:
-        futures = client.map(_shard_task, [source] * len(starts), starts,
-                             [decode] * len(starts), pure=False)
-        results = client.gather(futures)
-        if progress:
-            progress(len(starts), len(starts))
+        results = map_bounded(client, _start_task, (source, decode), starts, what="shard check",
+                              progress=progress, stop_on_error=True)
     for n, b in results:
         report.chunks += n
         report.bad += b
@@ -155,3 +153,8 @@ def verify_cr(url: str | os.PathLike, storage_options: dict | None = None, *, cl
     logger.info("verified %d chunks of %d shards: %d bad", report.chunks, len(starts),
                 len(report.bad))
     return report
+
+
+def _start_task(shared, start):
+    source, decode = shared
+    return _shard_task(source, start, decode)

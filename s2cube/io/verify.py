@@ -23,6 +23,7 @@ import numpy as np
 from s2cube import schema
 from s2cube.io.backend import CubeSource, open_source
 from s2cube.io.reader import MAX_UINT_64, ChunkReader, crc_ok, decode_chunk
+from s2cube.parallel import map_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -216,15 +217,12 @@ def _run(client, source, cells, decode, progress, total) -> list:
                 if progress:
                     progress(k, total)
         return out
-    from dask.distributed import as_completed
+    # one copy of the source for all tasks (sent with each, the graph grew with it), a
+    # bounded number in flight
+    return map_bounded(client, _cell_task, (source, decode), cells, what="patch location check",
+                       progress=progress, stop_on_error=True)
 
-    # one copy of the source for all tasks (sent with each, the graph grew with it)
-    shared = client.scatter(source, broadcast=True, hash=False)
-    futures = client.map(_patch_task, [shared] * len(cells), *zip(*cells) if cells else ([], [], []),
-                         [decode] * len(cells), pure=False)
-    done = 0
-    for _ in as_completed(futures):
-        done += 1
-        if progress:
-            progress(done, total)
-    return client.gather(futures)
+
+def _cell_task(shared, cell):
+    source, decode = shared
+    return _patch_task(source, *cell, decode)
