@@ -268,6 +268,55 @@ def measure_size(n: int, archive: Path, work: Path, s1: bool, checks: bool,
     return res
 
 
+def loader_epoch(cube: Path, s1: bool) -> dict:
+    """One epoch of the loader over ``cube``'s train split in this process (``_loader``)."""
+    import gc
+
+    from s2cube.torch import make_loader
+
+    spent = {"gc_s": 0.0, "start": 0.0}
+
+    def clock(phase: str, _info: dict) -> None:
+        if phase == "start":
+            spent["start"] = time.perf_counter()
+        else:
+            spent["gc_s"] += time.perf_counter() - spent["start"]
+
+    gc.callbacks.append(clock)
+    loader = make_loader(cube, split="train", batch_size=32, num_workers=0, threads=2,
+                         sampler="random", n_input_samples=3, s1=s1, pin_memory=False)
+    it = iter(loader)
+    first = len(next(it)["pdx"])
+    t = time.perf_counter()
+    seen = sum(len(b["pdx"]) for b in it)
+    dt = time.perf_counter() - t
+    return {"samples": seen + first, "ms_per_sample": 1e3 * dt / max(seen, 1),
+            "gc_s": spent["gc_s"]}
+
+
+def cmd_loader(args) -> None:
+    """The loader's epoch in a fresh process per run (what a training script sees), for the
+    cubes of ``--sizes``; the median of ``--repeat`` runs joins each size's results."""
+    import statistics
+
+    results = _load(args.json)
+    for _ in range(args.repeat):  # sizes interleaved, so drifting load hits them alike
+        for n in args.sizes:
+            r = next(r for r in results if r["rois"] == n)
+            cmd = [sys.executable, __file__, "_loader", str(n), "--work", str(args.work)] + \
+                (["--no-s1"] if not r["s1"] else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            r.setdefault("loader_fresh", []).append(json.loads(out.splitlines()[-1]))
+    for r in results:
+        runs = r.get("loader_fresh", [])[-args.repeat:]
+        if runs:
+            r["loader_fresh"] = runs
+            r["loader_fresh_ms"] = statistics.median(x["ms_per_sample"] for x in runs)
+            print(f"  {r['rois']} ROIs: {[round(x['ms_per_sample'], 3) for x in runs]} ms per "
+                  "sample", flush=True)
+    args.json.write_text(json.dumps(results, indent=1))
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 def _per(res: dict, key: str, by: str, scale: float = 1e3) -> float:
@@ -314,6 +363,7 @@ ROWS = [  # (label, function of one size's results, unit)
     ("loader epoch, samples/s", lambda r: r["epoch_samples_per_s"], ""),
     ("  per sample, ms", lambda r: 1e3 / r["epoch_samples_per_s"], "ms"),
     ("  reads per sample", lambda r: r["epoch_requests_per_sample"], ""),
+    ("loader epoch in its own process, per sample, ms", lambda r: r["loader_fresh_ms"], "ms"),
     ("validate, s", lambda r: r.get("validate_s"), "s"),
     ("  per file, ms", lambda r: _per(r, "validate_s", "validate_files"), "ms"),
     ("verify, s", lambda r: r.get("verify_s"), "s"),
@@ -416,12 +466,14 @@ def estimate(results: list[dict]) -> None:
 
 # --- S3: the same on a loopback SeaweedFS server -------------------------------------------------
 
-def _upload(server, folder: Path, bucket: str, prefix: str, threads: int = 8) -> int:
-    """Upload every file below ``folder`` to ``s3://bucket/prefix/``, ``threads`` at a time."""
+def _upload(server, folder: Path, bucket: str, prefix: str, threads: int = 8,
+            skip=None) -> int:
+    """Upload every file below ``folder`` to ``s3://bucket/prefix/``, ``threads`` at a time
+    (but those ``skip(path)`` is true of)."""
     from concurrent.futures import ThreadPoolExecutor
 
     client = server.client("admin")
-    files = [p for p in folder.rglob("*") if p.is_file()]
+    files = [p for p in folder.rglob("*") if p.is_file() and not (skip and skip(p))]
 
     def put(path: Path) -> None:
         key = f"{prefix}/{path.relative_to(folder).as_posix()}"
@@ -441,39 +493,53 @@ def _kinds(requests: list[tuple[str, str]]) -> dict[str, int]:
     return out
 
 
-def measure_s3(archive: Path, work: Path, big: int, s1: bool = True) -> dict:
-    """Requests on S3: converting one ROI (per file, LIST pages), opening the ``big``-ROI
-    cube, and the loader over it (per sample); every request counted at a loopback proxy."""
+def measure_s3(archive: Path, work: Path, big: int, s1: bool = True, n_rois: int = 1) -> dict:
+    """Requests on S3: listing the uploaded archive (LIST pages), converting its first
+    ``n_rois`` ROIs (per file), opening the ``big``-ROI cube, and the loader over it (per
+    sample); every request counted at a loopback proxy."""
+    from _servers import FaultyS3Proxy, SeaweedServer
     from dask.distributed import Client
 
     import s2cube
     from s2cube import schema
     from s2cube.io import storage
-    from s2cube.testing import FaultyS3Proxy, SeaweedServer
     from s2cube.torch import make_loader
     from s2cube_conversion import Selection, convert
+    from s2cube_conversion.discover import discover
     from s2cube_conversion.run import local_cluster
 
-    roi = FIRST[0]
-    info = schema.ROIS[roi]
-    res: dict = {"roi": roi, "cube_rois": big, "s1": s1}
+    rois = subset(n_rois) or list(schema.ROIS)
+    res: dict = {"rois": rois, "cube_rois": big, "s1": s1}
     with SeaweedServer() as server:
         server.client("admin").create_bucket(Bucket="scale")
-        rel = f"{info.collection}/{info.roi_id}"
         t = time.perf_counter()
-        res["archive_objects"] = _upload(server, archive / rel, "scale", f"archive/{rel}")
+        res["archive_objects"] = 0
+        for roi in rois:
+            rel = f"{schema.ROIS[roi].collection}/{schema.ROIS[roi].roi_id}"
+            res["archive_objects"] += _upload(server, archive / rel, "scale", f"archive/{rel}",
+                                              skip=None if s1 else (lambda p: "S1" in p.parts))
         res["upload_archive_s"] = time.perf_counter() - t
+        print(f"  uploaded {res['archive_objects']} files in {res['upload_archive_s']:.0f} s",
+              flush=True)
         with FaultyS3Proxy(server.endpoint_url) as proxy:
             opts = {**server.storage_options(), "endpoint_url": proxy.url}
+            # discovery of the whole uploaded archive: what `convert` of everything lists
+            proxy.reset()
+            t = time.perf_counter()
+            inv = discover(storage.parse_location("s3://scale/archive", opts), s1=s1)
+            res["list"] = {"seconds": time.perf_counter() - t, "files": len(inv.files),
+                           "requests": _kinds(proxy.requests)}
+            print(f"  S3 discovery: {res['list']}", flush=True)
             with local_cluster(2, 1) as cluster, Client(cluster) as client:
                 proxy.reset()
-                report = convert("s3://scale/archive", "s3://scale/cube-1.zarr",
-                                 selection=Selection(rois=(roi,)), storage_options=opts,
+                report = convert("s3://scale/archive", f"s3://scale/cube-s3-{n_rois}.zarr",
+                                 selection=Selection(rois=tuple(rois)), storage_options=opts,
                                  client=client, s1=s1)
             res["convert"] = {"seconds": report.seconds, "phases": report.timings,
-                              "patches": report.patches, "requests": _kinds(proxy.requests),
+                              "patches": report.patches, "problems": len(report.problems),
+                              "requests": _kinds(proxy.requests),
                               "total": len(proxy.requests)}
-        print(f"  S3 convert {roi}: {res['convert']}", flush=True)
+        print(f"  S3 convert {len(rois)} ROIs: {res['convert']}", flush=True)
         t = time.perf_counter()
         res["cube_objects"] = _upload(server, work / f"cube-{big}.zarr", "scale",
                                       f"cube-{big}.zarr")
@@ -559,7 +625,8 @@ def _load(path: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs="?", default="all",
-                        choices=["all", "synth", "run", "table", "estimate", "s3", "_size"])
+                        choices=["all", "synth", "run", "loader", "table", "estimate", "s3", "_size",
+                                 "_loader"])
     parser.add_argument("size", nargs="?", type=int)
     parser.add_argument("--root", type=Path, default=ROOT / "archive")
     parser.add_argument("--work", type=Path, default=ROOT / "work")
@@ -571,6 +638,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=30)
     parser.add_argument("--no-s1", action="store_true")
     parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="loader: runs per size")
+    parser.add_argument("--s3-rois", type=int, default=1,
+                        help="s3: upload and convert this many ROIs (1, 5, 13 or 53)")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")],
                         default=[1, 5, 13, 53])
     parser.add_argument("--no-s1-at", type=int, help="convert S2 only from this many ROIs on")
@@ -588,6 +658,11 @@ def main() -> None:
                            not args.no_validate, args.profile)
         args.out.write_text(json.dumps(res, indent=1))
         return
+    if args.command == "_loader":
+        print(json.dumps(loader_epoch(args.work / f"cube-{args.size}.zarr", not args.no_s1)))
+        return
+    if args.command == "loader":
+        cmd_loader(args)
     if args.command in ("all", "synth"):
         cmd_synth(args)
     if args.command in ("all", "run"):
@@ -595,7 +670,8 @@ def main() -> None:
     if args.command == "table":
         print_table(_load(args.json))
     if args.command == "s3":
-        res = measure_s3(args.root, args.work, max(args.sizes), s1=not args.no_s1)
+        res = measure_s3(args.root, args.work, max(args.sizes), s1=not args.no_s1,
+                         n_rois=args.s3_rois)
         (args.work / "s3.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
     if args.command in ("all", "table", "estimate"):

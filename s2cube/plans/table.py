@@ -87,7 +87,8 @@ def sample_plan(
         options["subset"] = (int(inside[0]), int(inside[-1]) + 1) if inside.size else (0, 0)
     plan = choose_slots(_series(ds, table, detector), **options)
     out = table.drop(columns=["roi_pos", "row_pos", "col_pos"])
-    out["inputs"] = [tuple(int(labels[t]) for t in row) for row in plan.inputs]
+    # one NumPy take, then tuples (not a generator and a NumPy scalar per slot and sample)
+    out["inputs"] = list(map(tuple, labels[np.asarray(plan.inputs, np.int64)].tolist()))
     out["target"] = np.where(plan.target >= 0, labels[np.maximum(plan.target, 0)], -1)
     out["match"] = plan.match
     return out
