@@ -505,7 +505,7 @@ def measure_s3(archive: Path, work: Path, big: int, s1: bool = True, n_rois: int
     from s2cube.io import storage
     from s2cube.torch import make_loader
     from s2cube_conversion import Selection, convert
-    from s2cube_conversion.discover import discover
+    from s2cube_conversion.discover import LIST_THREADS, discover, list_files
     from s2cube_conversion.run import local_cluster
 
     rois = subset(n_rois) or list(schema.ROIS)
@@ -523,13 +523,23 @@ def measure_s3(archive: Path, work: Path, big: int, s1: bool = True, n_rois: int
               flush=True)
         with FaultyS3Proxy(server.endpoint_url) as proxy:
             opts = {**server.storage_options(), "endpoint_url": proxy.url}
-            # discovery of the whole uploaded archive: what `convert` of everything lists
+            # discovery of the whole uploaded archive, what `convert` of everything lists:
+            # one listing after the other (as before), then the folders 16 at a time
+            loc = storage.parse_location("s3://scale/archive", opts)
+            for label, threads in (("list_sequential", 1), ("list", LIST_THREADS)):
+                storage._FS_CACHE.clear()  # no listing served from s3fs's cache
+                proxy.reset()
+                t = time.perf_counter()
+                n_files = len(list_files(loc, threads=threads))
+                res[label] = {"seconds": time.perf_counter() - t, "keys": n_files,
+                              "requests": _kinds(proxy.requests)}
+                print(f"  S3 listing, {threads} at a time: {res[label]}", flush=True)
             proxy.reset()
             t = time.perf_counter()
-            inv = discover(storage.parse_location("s3://scale/archive", opts), s1=s1)
-            res["list"] = {"seconds": time.perf_counter() - t, "files": len(inv.files),
-                           "requests": _kinds(proxy.requests)}
-            print(f"  S3 discovery: {res['list']}", flush=True)
+            inv = discover(loc, s1=s1)
+            res["discover"] = {"seconds": time.perf_counter() - t, "files": len(inv.files),
+                               "requests": _kinds(proxy.requests)}
+            print(f"  S3 discovery: {res['discover']}", flush=True)
             with local_cluster(2, 1) as cluster, Client(cluster) as client:
                 proxy.reset()
                 report = convert("s3://scale/archive", f"s3://scale/cube-s3-{n_rois}.zarr",
