@@ -590,6 +590,45 @@ def measure_s3(archive: Path, work: Path, big: int, s1: bool = True, n_rois: int
     return res
 
 
+def measure_s3_listing(archive: Path, n_rois: int, latencies: list[float],
+                       s1: bool = True) -> dict:
+    """Listing the first ``n_rois`` ROIs' files uploaded to S3, one listing after the other
+    and the folders 16 at a time, side by side, with each request delayed by each of
+    ``latencies`` at the proxy (a remote store's round trip, emulated on loopback)."""
+    from _servers import FaultyS3Proxy, SeaweedServer
+
+    from s2cube import schema
+    from s2cube.io import storage
+    from s2cube_conversion.discover import LIST_THREADS, list_files
+
+    rois = subset(n_rois) or list(schema.ROIS)
+    res: dict = {"rois": rois, "s1": s1, "runs": []}
+    with SeaweedServer() as server:
+        server.client("admin").create_bucket(Bucket="scale")
+        t = time.perf_counter()
+        res["archive_objects"] = sum(
+            _upload(server, archive / f"{schema.ROIS[r].collection}/{schema.ROIS[r].roi_id}",
+                    "scale", f"archive/{schema.ROIS[r].collection}/{schema.ROIS[r].roi_id}",
+                    skip=None if s1 else (lambda p: "S1" in p.parts)) for r in rois)
+        res["upload_archive_s"] = time.perf_counter() - t
+        with FaultyS3Proxy(server.endpoint_url) as proxy:
+            loc = storage.parse_location("s3://scale/archive",
+                                         {**server.storage_options(), "endpoint_url": proxy.url})
+            for latency in latencies:
+                proxy.latency = latency
+                for threads in (1, LIST_THREADS):
+                    storage._FS_CACHE.clear()  # no listing served from s3fs's cache
+                    proxy.reset()
+                    t = time.perf_counter()
+                    keys = len(list_files(loc, threads=threads))
+                    run = {"latency_s": latency, "threads": threads, "keys": keys,
+                           "seconds": time.perf_counter() - t,
+                           "requests": _kinds(proxy.requests)}
+                    res["runs"].append(run)
+                    print(f"  {run}", flush=True)
+    return res
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_synth(args) -> None:
@@ -635,8 +674,8 @@ def _load(path: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs="?", default="all",
-                        choices=["all", "synth", "run", "loader", "table", "estimate", "s3", "_size",
-                                 "_loader"])
+                        choices=["all", "synth", "run", "loader", "table", "estimate", "s3", "s3-list",
+                                 "_size", "_loader"])
     parser.add_argument("size", nargs="?", type=int)
     parser.add_argument("--root", type=Path, default=ROOT / "archive")
     parser.add_argument("--work", type=Path, default=ROOT / "work")
@@ -648,6 +687,8 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=30)
     parser.add_argument("--no-s1", action="store_true")
     parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument("--latency", type=lambda v: [float(x) for x in v.split(",")],
+                        default=[0.0, 0.03], help="s3-list: seconds added per request")
     parser.add_argument("--repeat", type=int, default=3, help="loader: runs per size")
     parser.add_argument("--s3-rois", type=int, default=1,
                         help="s3: upload and convert this many ROIs (1, 5, 13 or 53)")
@@ -684,6 +725,9 @@ def main() -> None:
                          n_rois=args.s3_rois)
         (args.work / "s3.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
+    if args.command == "s3-list":
+        res = measure_s3_listing(args.root, args.s3_rois, args.latency, s1=not args.no_s1)
+        (args.work / "s3-list.json").write_text(json.dumps(res, indent=1))
     if args.command in ("all", "table", "estimate"):
         estimate(_load(args.json))
 

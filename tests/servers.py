@@ -387,6 +387,9 @@ class FaultyS3Proxy:
         Endpoint URL of the server, on loopback (e.g. ``SeaweedServer.endpoint_url``).
     fail_rate
         Fraction of requests to fail, 0 to 1; may be changed while the proxy runs.
+    latency
+        Seconds each request waits before it is answered (a remote store's round trip, on
+        loopback); may be changed while the proxy runs.
     seed
         Seed of the draws that pick the failing requests.
 
@@ -400,7 +403,8 @@ class FaultyS3Proxy:
         Counts of requests forwarded and failed since the start or the last :meth:`reset`.
     """
 
-    def __init__(self, upstream: str, *, fail_rate: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, upstream: str, *, fail_rate: float = 0.0, latency: float = 0.0,
+                 seed: int = 0) -> None:
         import http.client
         import http.server
         import threading
@@ -412,7 +416,10 @@ class FaultyS3Proxy:
             raise ValueError(f"upstream {upstream!r} is not http://127.0.0.1:<port>")
         if not 0.0 <= fail_rate <= 1.0:
             raise ValueError(f"fail_rate {fail_rate} is not between 0 and 1")
+        if latency < 0:
+            raise ValueError(f"latency {latency} is negative")
         self.fail_rate = fail_rate
+        self.latency = latency
         self.requests: list[tuple[str, str]] = []
         self.forwarded = 0
         self.failed = 0
@@ -445,6 +452,8 @@ class FaultyS3Proxy:
                         rid = f"s2cube-proxy-{proxy.failed}"
                     else:
                         proxy.forwarded += 1
+                if proxy.latency:
+                    time.sleep(proxy.latency)
                 if fail:
                     self._slow_down(rid)
                     return

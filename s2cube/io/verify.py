@@ -223,6 +223,7 @@ def _run(client, source, cells, decode, progress, total) -> list:
                        progress=progress, stop_on_error=True)
 
 
-def _cell_task(shared, cell):
+def _cell_task(shared: tuple[CubeSource, bool], cell: tuple[int, int, int]) -> tuple[int, list]:
     source, decode = shared
-    return _patch_task(source, *cell, decode)
+    roi, row, col = cell
+    return _patch_task(source, roi, row, col, decode)
