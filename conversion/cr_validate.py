@@ -9,6 +9,7 @@ patches, like the conversion. Every difference is listed.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -35,10 +36,11 @@ class _Block:
 class _Check:
     source: Location
     cube: Location
+    call: str  # names one validate call: what a process caches of the cube lives for it only
 
 
 @lru_cache(maxsize=2)
-def _open(cube: Location):
+def _open(cube: Location, call: str):
     import xarray as xr
 
     return xr.open_zarr(zarr_store(cube, read_only=True), consolidated=True, chunks=None)
@@ -52,7 +54,8 @@ def validate(source, cube, *, rois: list[str] | None = None, storage_options: di
     src = parse_location(source, source_storage_options or storage_options)
     dst = parse_location(cube, storage_options)
     inv = discover(src, scenes=select_scenes(rois=tuple(rois or ())))
-    ds = _open(dst)
+    call = uuid.uuid4().hex  # the cube as it is now, not as an earlier call in this process saw it
+    ds = _open(dst, call)
     table = cr.scenes_of(ds.attrs)
     names = [s.scene for s in table]
     where = {(names[s], int(p)): k for k, (s, p) in
@@ -64,7 +67,7 @@ def validate(source, cube, *, rois: list[str] | None = None, storage_options: di
                  for pid, files in sorted(inv.by_scene[scene].items())]
         for b in range(0, len(items), cr.PATCHES_PER_SHARD):
             blocks.append(_Block(scene, tuple(items[b:b + cr.PATCHES_PER_SHARD])))
-    check = _Check(src, dst)
+    check = _Check(src, dst, call)
     if client is None:
         results = []
         for i, b in enumerate(blocks):
@@ -80,7 +83,7 @@ def validate(source, cube, *, rois: list[str] | None = None, storage_options: di
 
 
 def _check_block(check: _Check, block: _Block) -> list[Problem]:
-    ds = _open(check.cube)
+    ds = _open(check.cube, check.call)
     table = {s.scene: s for s in cr.scenes_of(ds.attrs)}
     p = int(ds.attrs["patch_size"])
     out: list[Problem] = []

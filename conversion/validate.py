@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -41,6 +42,7 @@ class _Check:
     source: Location
     cube: Location
     grids: dict[str, RoiGrid]
+    call: str  # names one validate call: what a process caches of the cube lives for it only
 
 
 def validate(
@@ -64,10 +66,11 @@ def validate(
     dst = parse_location(cube, storage_options)
     # a cube converted without S1 (--no-s1) is checked against the S2 files only, not
     # reported as missing every S1 file of the archive
-    s1 = bool((_open(dst).attrs.get("conversion") or {}).get("s1", True))
+    call = uuid.uuid4().hex  # the cube as it is now, not as an earlier call in this process saw it
+    s1 = bool((_open(dst, call).attrs.get("conversion") or {}).get("s1", True))
     inventory = discover(src, rois=rois, s1=s1)
     the_plan = plan(inventory, src)
-    check = _Check(src, dst, dict(the_plan.grids))
+    check = _Check(src, dst, dict(the_plan.grids), call)
     tasks = list(the_plan.tasks)
     if client is None:
         results = []
@@ -87,25 +90,26 @@ def validate(
 
 
 @lru_cache(maxsize=2)
-def _open(cube: Location):
+def _open(cube: Location, call: str):
     import xarray as xr
 
     return xr.open_zarr(zarr_store(cube, read_only=True), consolidated=True, chunks=None)
 
 
 @lru_cache(maxsize=2)
-def _small(cube: Location) -> dict[str, np.ndarray]:
-    """The small variables a check reads, once per process: read per patch, each whole
-    (one chunk) array was decoded again for every patch, a cost growing with the ROIs."""
-    ds = _open(cube)
+def _small(cube: Location, call: str) -> dict[str, np.ndarray]:
+    """The small variables a check reads, once per process and validate ``call``: read per
+    patch, each whole (one chunk) array was decoded again for every patch, a cost growing
+    with the ROIs."""
+    ds = _open(cube, call)
     out = {k: ds[k].values for k in ("patch_id", "valid_s2", "valid_s1", "s2_date", "s1_date")}
     out["roi"] = schema.as_str(ds["roi"].values)
     return out
 
 
 def _check_patch(check: _Check, task: PatchTask) -> list[Problem]:
-    ds = _open(check.cube)
-    small = _small(check.cube)
+    ds = _open(check.cube, check.call)
+    small = _small(check.cube, check.call)
     grid = check.grids[task.roi]
     rois = list(small["roi"])
     if task.roi not in rois:
